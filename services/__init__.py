@@ -1,0 +1,1 @@
+"""The semsearch services: embedder (Triton), indexer (FAISS shards) and gateway."""

@@ -1,0 +1,1 @@
+"""The embedder: ONNX export, Triton model repository, launcher and async client."""

@@ -1,0 +1,137 @@
+"""The Triton models semsearch serves: names, tensors, batching, and their config.pbtxt renderings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+IMAGE_MODEL = "efficientnet_lite0"
+TEXT_MODEL = "minilm_l6"
+TEXT_TOKENIZER = "minilm_l6_tokenizer"
+TEXT_ENCODER = "minilm_l6_encoder"
+
+IMAGE_SIZE = 224
+IMAGE_DIM = 1280
+TEXT_DIM = 384
+TEXT_MAX_TOKENS = 256
+MAX_BATCH_SIZE = 64
+
+# The config name the local (CPU, python-backend) deployment passes as --model-config-name.
+CPU_CONFIG_NAME = "cpu"
+VERSION_PARAMETER = "semsearch_version"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One model input or output; `dims` excludes the batch dimension."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+    def render(self) -> str:
+        dims = ", ".join(str(d) for d in self.dims)
+        return f'  {{ name: "{self.name}" data_type: {self.data_type} dims: [ {dims} ] }}'
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What every deployment of a model shares: name, tensors, batch size, batching policy."""
+
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch_size: int = MAX_BATCH_SIZE
+    max_queue_delay_us: int = 500
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    def _render(self, backend: str, instance_group: str, extra: dict[str, str] | None = None) -> str:
+        params = {**self.parameters, **(extra or {})}
+        lines = [
+            f'name: "{self.name}"',
+            backend,
+            f"max_batch_size: {self.max_batch_size}",
+            "input [\n" + ",\n".join(t.render() for t in self.inputs) + "\n]",
+            "output [\n" + ",\n".join(t.render() for t in self.outputs) + "\n]",
+            f"instance_group [ {instance_group} ]",
+            f"dynamic_batching {{ max_queue_delay_microseconds: {self.max_queue_delay_us} }}",
+        ]
+        lines += [
+            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
+            for k, v in sorted(params.items())
+        ]
+        return "\n".join(lines) + "\n"
+
+    def onnx_gpu_config(self) -> str:
+        """config.pbtxt for the NGC image: native onnxruntime backend on a GPU (CUDA EP)."""
+        return self._render('platform: "onnxruntime_onnx"', "{ kind: KIND_GPU, count: 1 }")
+
+    def python_cpu_config(self, instances: int, threads: int) -> str:
+        """configs/cpu.pbtxt: the python backend running the same ONNX file with onnxruntime."""
+        return self._render(
+            'backend: "python"',
+            f"{{ kind: KIND_CPU, count: {instances} }}",
+            {"intra_op_threads": str(threads)},
+        )
+
+    def python_config(self, instances: int) -> str:
+        """config.pbtxt of a python-only model (the tokenizer), the same on CPU and GPU nodes."""
+        return self._render('backend: "python"', f"{{ kind: KIND_CPU, count: {instances} }}")
+
+
+IMAGE_SPEC = ModelSpec(
+    name=IMAGE_MODEL,
+    inputs=(Tensor("pixels", "TYPE_UINT8", (IMAGE_SIZE, IMAGE_SIZE, 3)),),
+    outputs=(Tensor("embedding", "TYPE_FP32", (IMAGE_DIM,)),),
+)
+
+TOKENIZER_SPEC = ModelSpec(
+    name=TEXT_TOKENIZER,
+    inputs=(Tensor("text", "TYPE_STRING", (1,)),),
+    outputs=(
+        Tensor("input_ids", "TYPE_INT64", (-1,)),
+        Tensor("attention_mask", "TYPE_INT64", (-1,)),
+    ),
+    parameters={"max_tokens": str(TEXT_MAX_TOKENS)},
+)
+
+TEXT_ENCODER_SPEC = ModelSpec(
+    name=TEXT_ENCODER,
+    inputs=(
+        Tensor("input_ids", "TYPE_INT64", (-1,)),
+        Tensor("attention_mask", "TYPE_INT64", (-1,)),
+    ),
+    outputs=(Tensor("embedding", "TYPE_FP32", (TEXT_DIM,)),),
+)
+
+
+def text_ensemble_config(version: str) -> str:
+    """config.pbtxt of the public text model: raw strings in, 384-d vectors out."""
+    return f"""name: "{TEXT_MODEL}"
+platform: "ensemble"
+max_batch_size: {MAX_BATCH_SIZE}
+input [
+  {{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+output [
+  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {TEXT_DIM} ] }}
+]
+ensemble_scheduling {{
+  step [
+    {{
+      model_name: "{TEXT_TOKENIZER}"
+      model_version: -1
+      input_map {{ key: "text" value: "text" }}
+      output_map {{ key: "input_ids" value: "input_ids" }}
+      output_map {{ key: "attention_mask" value: "attention_mask" }}
+    }},
+    {{
+      model_name: "{TEXT_ENCODER}"
+      model_version: -1
+      input_map {{ key: "input_ids" value: "input_ids" }}
+      input_map {{ key: "attention_mask" value: "attention_mask" }}
+      output_map {{ key: "embedding" value: "embedding" }}
+    }}
+  ]
+}}
+parameters {{ key: "{VERSION_PARAMETER}" value: {{ string_value: "{version}" }} }}
+"""
