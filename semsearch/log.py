@@ -31,7 +31,9 @@ def setup_logging(level: str | None = None, json_format: bool | None = None) -> 
         json_format = os.environ.get("SEMSEARCH_LOG_FORMAT", "text") == "json"
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
-        _JsonFormatter() if json_format else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _JsonFormatter()
+        if json_format
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -16,12 +16,8 @@ class InProcessEmbedder:
 
     def __init__(self, repository: Path, threads: int = 1) -> None:
         repository = Path(repository)
-        self.image_session = make_session(
-            str(repository / models.IMAGE_MODEL / "1" / "model.onnx"), threads
-        )
-        self.text_session = make_session(
-            str(repository / models.TEXT_ENCODER / "1" / "model.onnx"), threads
-        )
+        self.image_session = make_session(str(repository / models.IMAGE_MODEL / "1" / "model.onnx"), threads)
+        self.text_session = make_session(str(repository / models.TEXT_ENCODER / "1" / "model.onnx"), threads)
         self.tokenizer = build_tokenizer(
             str(repository / models.TEXT_TOKENIZER / "1" / "tokenizer.json"),
             models.TEXT_MAX_TOKENS,

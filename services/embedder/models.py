@@ -56,8 +56,7 @@ class ModelSpec:
             f"dynamic_batching {{ max_queue_delay_microseconds: {self.max_queue_delay_us} }}",
         ]
         lines += [
-            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
-            for k, v in sorted(params.items())
+            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(params.items())
         ]
         return "\n".join(lines) + "\n"
 

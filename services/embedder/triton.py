@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
 import sys
 import sysconfig
+import tempfile
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +48,7 @@ def prepare_backend_dir(work_dir: Path) -> Path:
     python_dir.mkdir(parents=True, exist_ok=True)
     links = {
         "libtriton_python.so": triton / "backends" / "python" / "libtriton_python.so",
-        "triton_python_backend_utils.py": triton
-        / "backends"
-        / "python"
-        / "triton_python_backend_utils.py",
+        "triton_python_backend_utils.py": triton / "backends" / "python" / "triton_python_backend_utils.py",
         "triton_python_backend_stub": stub,
     }
     for name, target in links.items():
@@ -67,9 +67,7 @@ def triton_env() -> dict[str, str]:
     onnxruntime and numpy)."""
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p
-    )
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
@@ -199,3 +197,19 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running_triton(url: str | None, model_repository: Path) -> Iterator[str]:
+    """Yield the gRPC address of a Triton server: `url` when given, else a temporary local server
+    on free 127.0.0.1 ports, stopped (with its process group) on exit."""
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="semsearch-triton-") as work_dir:
+        server = TritonServer(model_repository, work_dir=Path(work_dir))
+        server.start()
+        try:
+            yield server.grpc_url
+        finally:
+            server.stop()

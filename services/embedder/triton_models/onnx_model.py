@@ -53,8 +53,7 @@ class TritonPythonModel:
             per_request_outputs = [[s[i] for s in split] for i in range(len(requests))]
         else:
             per_request_outputs = [
-                self.session.run(self.output_names, dict(zip(self.input_names, arrays)))
-                for arrays in inputs
+                self.session.run(self.output_names, dict(zip(self.input_names, arrays))) for arrays in inputs
             ]
         return [
             pb_utils.InferenceResponse(

