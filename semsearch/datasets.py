@@ -29,7 +29,7 @@ class LabelledImages:
     def png(self, i: int) -> bytes:
         """Image i encoded as PNG: what a client would upload."""
         buffer = io.BytesIO()
-        Image.fromarray(self.images[i], mode="L").save(buffer, format="PNG")
+        Image.fromarray(self.images[i]).save(buffer, format="PNG")
         return buffer.getvalue()
 
 

