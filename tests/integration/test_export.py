@@ -31,7 +31,7 @@ def test_image_onnx_matches_pytorch(model_repository):
 
 def test_text_onnx_matches_pytorch(model_repository):
     corpus = fortunes()
-    texts = corpus.texts[:: len(corpus.texts) // 12][:12] + ["word " * 400]  # one truncated
+    texts = [*corpus.texts[:: len(corpus.texts) // 12][:12], "word " * 400]  # one truncated
     embedder = InProcessEmbedder(model_repository, threads=2)
     ids, mask = embedder.tokenize(texts)
     with torch.no_grad():

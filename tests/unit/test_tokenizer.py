@@ -35,5 +35,5 @@ def test_lowercases_and_splits_words(tokenizer):
 
 
 def test_single_text_is_unpadded(tokenizer):
-    ids, mask = encode_batch(tokenizer, ["semantic search"])
+    _, mask = encode_batch(tokenizer, ["semantic search"])
     assert mask.all()
