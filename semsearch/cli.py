@@ -153,7 +153,7 @@ def cmd_bench_embedder(args: argparse.Namespace) -> int:
     repository = _repository(args)
     with running_triton(args.triton_url or triton_url_from_env(), repository) as url:
         rows, summary = bench(url, repository, seconds=args.seconds, clients=args.clients, batch=args.batch)
-    print(_table(["model", "engine", "setup", "items/s"], rows))
+    print(_table(["model", "engine", "setup", "items/s (median)"], rows))
     print(json.dumps(summary))
     return 0
 
@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         "clients, fixed batch) and in-process onnxruntime with the same thread budget; prints "
         "a table and, as the last line, a JSON object with the ratios.",
     )
-    p.add_argument("--seconds", type=float, default=8.0, help="time per measurement (default 8)")
+    p.add_argument("--seconds", type=float, default=5.0, help="time per measurement (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds, median kept (default 3)")
     p.add_argument("--clients", type=int, default=4, help="concurrent Triton clients (default 4)")
     p.add_argument("--batch", type=int, default=32, help="items per request (default 32)")
     repo_arg(p)

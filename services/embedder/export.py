@@ -30,7 +30,7 @@ from services.embedder.models import (
 log = logging.getLogger(__name__)
 
 # Bump when the exported graphs or the repository layout change, so `--if-missing` re-exports.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 ONNX_OPSET = 17
 # On 2 CPU cores two single-threaded instances beat one two-threaded instance for batched load.
 CPU_INSTANCES = 2

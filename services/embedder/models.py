@@ -42,6 +42,9 @@ class ModelSpec:
     outputs: tuple[Tensor, ...]
     max_batch_size: int = MAX_BATCH_SIZE
     max_queue_delay_us: int = 500
+    # Clients send batches of 32; dispatching those at once instead of merging two into 64 keeps
+    # both CPU instances busy and the working set in cache (measured: ratio 0.93 -> 1.03).
+    preferred_batch_sizes: tuple[int, ...] = (32,)
     parameters: dict[str, str] = field(default_factory=dict)
 
     def _render(self, backend: str, instance_group: str, extra: dict[str, str] | None = None) -> str:
@@ -53,7 +56,9 @@ class ModelSpec:
             "input [\n" + ",\n".join(t.render() for t in self.inputs) + "\n]",
             "output [\n" + ",\n".join(t.render() for t in self.outputs) + "\n]",
             f"instance_group [ {instance_group} ]",
-            f"dynamic_batching {{ max_queue_delay_microseconds: {self.max_queue_delay_us} }}",
+            "dynamic_batching { "
+            + "".join(f"preferred_batch_size: [ {b} ] " for b in self.preferred_batch_sizes)
+            + f"max_queue_delay_microseconds: {self.max_queue_delay_us} }}",
         ]
         lines += [
             f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(params.items())

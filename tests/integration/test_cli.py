@@ -57,7 +57,7 @@ def test_embed_json_reports_per_item_errors(triton, model_repository, tmp_path):
 
 def test_bench_embedder_prints_table_then_json(triton, model_repository):
     result = semsearch(
-        "bench", "embedder", "--seconds", "0.5", "--clients", "2", "--batch", "8",
+        "bench", "embedder", "--seconds", "0.5", "--rounds", "1", "--clients", "2", "--batch", "8",
         "--triton-url", triton.grpc_url, "--repository", str(model_repository),
     )  # fmt: skip
     lines = result.stdout.strip().splitlines()

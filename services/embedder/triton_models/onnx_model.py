@@ -18,6 +18,9 @@ def make_session(path: str, threads: int = 1) -> ort.InferenceSession:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Spinning threads steal the core from the other instance between runs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Denormal floats run on a slow microcode path; some inputs (mostly-black images) produce
+    # many. Flushing them to zero changes embeddings by < 1e-6 and keeps speed input-independent.
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
