@@ -30,11 +30,13 @@ from services.embedder.models import (
 log = logging.getLogger(__name__)
 
 # Bump when the exported graphs or the repository layout change, so `--if-missing` re-exports.
-EXPORT_FORMAT = 2
+EXPORT_FORMAT = 3
 ONNX_OPSET = 17
 # On 2 CPU cores two single-threaded instances beat one two-threaded instance for batched load.
 CPU_INSTANCES = 2
 CPU_THREADS = 1
+GPU_RUNTIME = "cuda"
+CPU_RUNTIME = "cpu"
 TRITON_MODELS_DIR = Path(__file__).parent / "triton_models"
 
 
@@ -214,26 +216,32 @@ def _build_repository(root: Path) -> dict[str, str]:
 
     # Configs: config.pbtxt for the NGC image (native onnxruntime backend, GPU), configs/cpu.pbtxt
     # for the local python backend; both render from one ModelSpec so they cannot drift apart.
+    # The served version names the runtime too: CUDA (TF32) and CPU outputs differ by up to 6e-4,
+    # so caches must not mix them.
     onnx_runner = TRITON_MODELS_DIR / "onnx_model.py"
     for spec, version, model_dir in (
         (IMAGE_SPEC, image_version, image_dir),
         (TEXT_ENCODER_SPEC, text_version, encoder_dir),
     ):
-        spec = replace(spec, parameters={**spec.parameters, VERSION_PARAMETER: version})
-        (model_dir / "config.pbtxt").write_text(spec.onnx_gpu_config())
+        gpu = replace(spec, parameters={**spec.parameters, VERSION_PARAMETER: f"{version}+{GPU_RUNTIME}"})
+        cpu = replace(spec, parameters={**spec.parameters, VERSION_PARAMETER: f"{version}+{CPU_RUNTIME}"})
+        (model_dir / "config.pbtxt").write_text(gpu.onnx_gpu_config())
         (model_dir / "configs").mkdir()
         (model_dir / "configs" / f"{CPU_CONFIG_NAME}.pbtxt").write_text(
-            spec.python_cpu_config(CPU_INSTANCES, CPU_THREADS)
+            cpu.python_cpu_config(CPU_INSTANCES, CPU_THREADS)
         )
         shutil.copyfile(onnx_runner, model_dir / "1" / "model.py")
-    tokenizer_spec = replace(
-        TOKENIZER_SPEC, parameters={**TOKENIZER_SPEC.parameters, VERSION_PARAMETER: text_version}
-    )
-    (tokenizer_dir / "config.pbtxt").write_text(tokenizer_spec.python_config(CPU_INSTANCES))
+    (tokenizer_dir / "config.pbtxt").write_text(TOKENIZER_SPEC.python_config(CPU_INSTANCES))
     shutil.copyfile(TRITON_MODELS_DIR / "tokenizer_model.py", tokenizer_dir / "1" / "model.py")
     ensemble_dir = root / models.TEXT_MODEL
     (ensemble_dir / "1").mkdir(parents=True)
-    (ensemble_dir / "config.pbtxt").write_text(models.text_ensemble_config(text_version))
+    (ensemble_dir / "configs").mkdir()
+    (ensemble_dir / "config.pbtxt").write_text(
+        models.text_ensemble_config(f"{text_version}+{GPU_RUNTIME}")
+    )
+    (ensemble_dir / "configs" / f"{CPU_CONFIG_NAME}.pbtxt").write_text(
+        models.text_ensemble_config(f"{text_version}+{CPU_RUNTIME}")
+    )
 
     versions = {models.IMAGE_MODEL: image_version, models.TEXT_MODEL: text_version}
     manifest = {"export_format": EXPORT_FORMAT, "versions": versions}

@@ -47,7 +47,7 @@ def test_images_have_shape_norm_and_version(triton, model_repository):
     assert result.vectors.shape == (42, models.IMAGE_DIM) and result.vectors.dtype == np.float32
     assert result.errors == [None] * 42
     np.testing.assert_allclose(np.linalg.norm(result.vectors, axis=1), 1.0, atol=1e-5)
-    assert result.model_version == read_versions(model_repository)[models.IMAGE_MODEL]
+    assert result.model_version == read_versions(model_repository)[models.IMAGE_MODEL] + "+cpu"
 
 
 def test_texts_have_shape_norm_and_meaning(triton):
