@@ -236,9 +236,7 @@ def _build_repository(root: Path) -> dict[str, str]:
     ensemble_dir = root / models.TEXT_MODEL
     (ensemble_dir / "1").mkdir(parents=True)
     (ensemble_dir / "configs").mkdir()
-    (ensemble_dir / "config.pbtxt").write_text(
-        models.text_ensemble_config(f"{text_version}+{GPU_RUNTIME}")
-    )
+    (ensemble_dir / "config.pbtxt").write_text(models.text_ensemble_config(f"{text_version}+{GPU_RUNTIME}"))
     (ensemble_dir / "configs" / f"{CPU_CONFIG_NAME}.pbtxt").write_text(
         models.text_ensemble_config(f"{text_version}+{CPU_RUNTIME}")
     )
