@@ -1,0 +1,190 @@
+from semsearch.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("collection", "items")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    items: _containers.RepeatedCompositeFieldContainer[_common_pb2.Item]
+    def __init__(self, collection: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("collection", "ids", "ignore_missing")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_MISSING_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    ignore_missing: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., ignore_missing: _Optional[bool] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("count", "lsn", "data_version")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    lsn: int
+    data_version: int
+    def __init__(self, count: _Optional[int] = ..., lsn: _Optional[int] = ..., data_version: _Optional[int] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("collection", "queries", "k", "nprobe", "recall_target", "rerank")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    RECALL_TARGET_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    queries: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    k: int
+    nprobe: int
+    recall_target: float
+    rerank: int
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., recall_target: _Optional[float] = ..., rerank: _Optional[int] = ...) -> None: ...
+
+class QueryHits(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("results", "generation", "data_version", "index", "nprobe", "batch_size")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[QueryHits]
+    generation: int
+    data_version: int
+    index: str
+    nprobe: int
+    batch_size: int
+    def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ..., generation: _Optional[int] = ..., data_version: _Optional[int] = ..., index: _Optional[str] = ..., nprobe: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("collection", "ids", "include_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    include_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("items", "missing")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[_common_pb2.Item]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CollectionStats(_message.Message):
+    __slots__ = ("name", "dim", "count", "generation", "index", "factory", "data_version", "lsn", "rebuild_progress", "rebuilding", "log_bytes", "index_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FACTORY_FIELD_NUMBER: _ClassVar[int]
+    DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    REBUILDING_FIELD_NUMBER: _ClassVar[int]
+    LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dim: int
+    count: int
+    generation: int
+    index: str
+    factory: str
+    data_version: int
+    lsn: int
+    rebuild_progress: float
+    rebuilding: bool
+    log_bytes: int
+    index_bytes: int
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ..., index: _Optional[str] = ..., factory: _Optional[str] = ..., data_version: _Optional[int] = ..., lsn: _Optional[int] = ..., rebuild_progress: _Optional[float] = ..., rebuilding: _Optional[bool] = ..., log_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("shard", "num_shards", "collections")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    num_shards: int
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionStats]
+    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CollectionStats, _Mapping]]] = ...) -> None: ...
+
+class SampleRequest(_message.Message):
+    __slots__ = ("collection", "n", "seed")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    n: int
+    seed: int
+    def __init__(self, collection: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class VectorChunk(_message.Message):
+    __slots__ = ("rows", "dim", "data")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    dim: int
+    data: bytes
+    def __init__(self, rows: _Optional[int] = ..., dim: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class InstallTemplateRequest(_message.Message):
+    __slots__ = ("collection", "index", "factory", "nprobe_table")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FACTORY_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_TABLE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    index: bytes
+    factory: str
+    nprobe_table: _containers.RepeatedCompositeFieldContainer[NprobeRecall]
+    def __init__(self, collection: _Optional[str] = ..., index: _Optional[bytes] = ..., factory: _Optional[str] = ..., nprobe_table: _Optional[_Iterable[_Union[NprobeRecall, _Mapping]]] = ...) -> None: ...
+
+class NprobeRecall(_message.Message):
+    __slots__ = ("nprobe", "recall")
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    nprobe: int
+    recall: float
+    def __init__(self, nprobe: _Optional[int] = ..., recall: _Optional[float] = ...) -> None: ...
+
+class InstallTemplateResponse(_message.Message):
+    __slots__ = ("next_generation",)
+    NEXT_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    next_generation: int
+    def __init__(self, next_generation: _Optional[int] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("collections",)
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collections: _Optional[_Iterable[str]] = ...) -> None: ...

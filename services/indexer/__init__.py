@@ -1,0 +1,1 @@
+"""The indexer: sharded FAISS index service with a write-ahead log and snapshots."""

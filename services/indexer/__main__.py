@@ -1,0 +1,22 @@
+"""Run one indexer shard: `python -m services.indexer` (settings from SEMSEARCH_* env vars)."""
+
+import os
+
+# libgomp reads this when FAISS loads it: idle OpenMP threads must sleep, not spin, or they steal
+# the cores from gRPC and from each other (training under load measured ~9x slower spinning).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import asyncio
+
+from semsearch.log import setup_logging
+from services.indexer.config import ShardSettings
+from services.indexer.server import run
+
+
+def main() -> None:
+    setup_logging()
+    asyncio.run(run(ShardSettings.from_env()))
+
+
+if __name__ == "__main__":
+    main()

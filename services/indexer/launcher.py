@@ -1,0 +1,86 @@
+"""Start indexer shard processes (tests, benchmarks, the local stack) and wait until SERVING."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from semsearch.procs import ManagedProcess, free_port
+from services.indexer.config import CollectionConfig
+
+
+def health_serving(address: str, timeout: float = 1.0) -> bool:
+    """True when the gRPC health service at `address` says SERVING."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass
+class ShardProcess:
+    """One `python -m services.indexer` process on free 127.0.0.1 ports."""
+
+    shard: int
+    num_shards: int
+    data_dir: Path
+    collections: Sequence[CollectionConfig] | None = None
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    startup_timeout: float = 120.0
+    process: ManagedProcess | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> ShardProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(
+            SEMSEARCH_SHARD=str(self.shard),
+            SEMSEARCH_NUM_SHARDS=str(self.num_shards),
+            SEMSEARCH_DATA_DIR=str(self.data_dir),
+            SEMSEARCH_INDEXER_HOST=self.host,
+            SEMSEARCH_INDEXER_PORT=str(self.port),
+            SEMSEARCH_INDEXER_METRICS_PORT=str(self.metrics_port),
+            SEMSEARCH_LOG_FORMAT="json",
+            OMP_WAIT_POLICY="PASSIVE",
+        )
+        if self.collections is not None:
+            path = self.data_dir / "collections.json"
+            path.write_text(json.dumps([c.to_json() for c in self.collections]))
+            env["SEMSEARCH_COLLECTIONS_FILE"] = str(path)
+        env.update(self.env)
+        self.process = ManagedProcess(
+            f"indexer shard {self.shard}",
+            [sys.executable, "-m", "services.indexer"],
+            log_path=self.data_dir / "shard.log",
+            env=env,
+        )
+        self.process.start(lambda: health_serving(self.address), self.startup_timeout)
+        return self
+
+    def stop(self, grace: float = 20.0) -> None:
+        if self.process is not None:
+            self.process.stop(grace)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()

@@ -1,0 +1,42 @@
+"""Prometheus metrics of an indexer shard (names prefixed semsearch_indexer_, unit-suffixed)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SEARCH_SECONDS = Histogram(
+    "semsearch_indexer_search_duration_seconds",
+    "Time of one coalesced search call (FAISS search + exact re-rank), by collection.",
+    ["collection"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+REQUEST_SECONDS = Histogram(
+    "semsearch_indexer_request_duration_seconds",
+    "Time of one gRPC request in the shard, by method.",
+    ["method"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_QUERIES = Histogram(
+    "semsearch_indexer_search_batch_queries",
+    "Queries per coalesced FAISS call.",
+    ["collection"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+VECTORS = Gauge("semsearch_indexer_vectors", "Stored (live) vectors, by collection.", ["collection"])
+GENERATION = Gauge("semsearch_indexer_generation", "Index generation serving searches.", ["collection"])
+REBUILD_PROGRESS = Gauge(
+    "semsearch_indexer_rebuild_progress_ratio", "Progress of the running rebuild (0..1).", ["collection"]
+)
+REBUILD_SECONDS = Histogram(
+    "semsearch_indexer_rebuild_duration_seconds",
+    "Time to rebuild a collection's slice from a template.",
+    ["collection"],
+    buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+LOG_BYTES = Gauge("semsearch_indexer_log_bytes", "Size of the write-ahead log on disk.", ["collection"])
+WRITES = Counter("semsearch_indexer_writes_total", "Items written, by operation.", ["collection", "op"])
+REJECTED = Counter(
+    "semsearch_indexer_rejected_requests_total",
+    "Requests answered with an error, by code.",
+    ["method", "code"],
+)

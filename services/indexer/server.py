@@ -1,0 +1,61 @@
+"""Composition root of an indexer shard: gRPC server, interceptors, health, reflection, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from prometheus_client import start_http_server
+
+from semsearch.rpc import ErrorMappingInterceptor, serve, server_options
+from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
+from services.indexer import metrics
+from services.indexer.config import ShardSettings
+from services.indexer.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.indexer.servicer import IndexerServicer, Unavailable
+from services.indexer.shard import Shard
+
+log = logging.getLogger(__name__)
+
+ERROR_CODES = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def build_server(settings: ShardSettings, shard: Shard) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor(ERROR_CODES, metrics.REQUEST_SECONDS, metrics.REJECTED)],
+        options=server_options(settings.max_message_bytes),
+    )
+    indexer_pb2_grpc.add_IndexerServicer_to_server(IndexerServicer(shard, settings), server)
+    return server
+
+
+async def run(settings: ShardSettings) -> None:
+    """Serve one shard until SIGTERM/SIGINT; the data loads while health says NOT_SERVING."""
+    shard = Shard(settings)
+    server = build_server(settings, shard)
+    start_http_server(settings.metrics_port, addr=settings.host)
+    loop = asyncio.get_running_loop()
+    maintenance: list[asyncio.Task] = []
+
+    async def load() -> None:
+        await loop.run_in_executor(None, shard.load)
+        maintenance.append(asyncio.create_task(shard.run_maintenance()))
+
+    async def close() -> None:
+        for task in maintenance:
+            task.cancel()
+        await loop.run_in_executor(None, shard.close)
+
+    service = indexer_pb2.DESCRIPTOR.services_by_name["Indexer"].full_name
+    log.info(
+        "shard %d/%d, data %s, collections %s, metrics on :%d",
+        settings.shard, settings.num_shards, settings.data_dir,
+        ", ".join(c.name for c in settings.collections), settings.metrics_port,
+    )  # fmt: skip
+    await serve(server, f"{settings.host}:{settings.port}", [service], load=load, close=close)

@@ -1,0 +1,179 @@
+"""The Indexer gRPC servicer: protobuf <-> domain types; errors are mapped by the interceptor."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+
+import grpc
+import numpy as np
+
+from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
+from services.indexer import metrics
+from services.indexer.collection import MAX_K
+from services.indexer.config import ShardSettings
+from services.indexer.errors import IndexerError, InvalidArgument
+from services.indexer.shard import Shard
+
+DEFAULT_K = 10
+MAX_RERANK = 20_000
+SAMPLE_CHUNK_ROWS = 8192
+
+
+class Unavailable(IndexerError):
+    """The shard is still loading (UNAVAILABLE)."""
+
+
+def vectors_from(messages, dim: int, field: str) -> np.ndarray:
+    """[n, dim] float32 from repeated Vector messages; a wrong length names the item."""
+    for i, v in enumerate(messages):
+        if len(v.values) != dim:
+            raise InvalidArgument(f"expected {dim} values, got {len(v.values)}", f"{field}[{i}]")
+    return np.array([v.values for v in messages], dtype=np.float32).reshape(len(messages), dim)
+
+
+class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
+    def __init__(self, shard: Shard, settings: ShardSettings) -> None:
+        self.shard = shard
+        self.settings = settings
+
+    async def _blocking(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
+
+    def _ready_collection(self, name: str):
+        if not self.shard.loaded:
+            raise Unavailable("shard is loading its data, retry shortly")
+        return self.shard.collection(name)
+
+    def _check_size(self, n: int, field: str) -> None:
+        if n > self.settings.max_request_items:
+            raise InvalidArgument(
+                f"{n} entries, more than the limit of {self.settings.max_request_items}", field
+            )
+
+    async def Upsert(
+        self, request: indexer_pb2.UpsertRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.WriteResponse:
+        collection = self._ready_collection(request.collection)
+        self._check_size(len(request.items), "items")
+        if not request.items:
+            raise InvalidArgument("no items", "items")
+        dim = collection.config.dim
+        for i, item in enumerate(request.items):
+            if len(item.vector.values) != dim:
+                raise InvalidArgument(
+                    f"expected {dim} values, got {len(item.vector.values)}", f"items[{i}].vector"
+                )
+        vectors = vectors_from([item.vector for item in request.items], dim, "items.vector")
+        ids = [item.id for item in request.items]
+        metadata = [dict(item.metadata) for item in request.items]
+        lsn, version = await self._blocking(collection.upsert, ids, vectors, metadata)
+        metrics.WRITES.labels(collection.name, "upsert").inc(len(ids))
+        return indexer_pb2.WriteResponse(count=len(ids), lsn=lsn, data_version=version)
+
+    async def Delete(
+        self, request: indexer_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.WriteResponse:
+        collection = self._ready_collection(request.collection)
+        self._check_size(len(request.ids), "ids")
+        count, lsn, version = await self._blocking(
+            collection.delete, list(request.ids), request.ignore_missing
+        )
+        metrics.WRITES.labels(collection.name, "delete").inc(count)
+        return indexer_pb2.WriteResponse(count=count, lsn=lsn, data_version=version)
+
+    async def Search(
+        self, request: indexer_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.SearchResponse:
+        collection = self._ready_collection(request.collection)
+        self._check_size(len(request.queries), "queries")
+        k = request.k or DEFAULT_K
+        if not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"must be in [1, {MAX_K}], got {k}", "k")
+        if not 0 <= request.recall_target <= 1 or np.isnan(request.recall_target):
+            raise InvalidArgument(f"must be in (0, 1], got {request.recall_target}", "recall_target")
+        if request.nprobe > 65_536:
+            raise InvalidArgument(f"must be <= 65536, got {request.nprobe}", "nprobe")
+        depth = request.rerank or collection.config.rerank_depth(k)
+        if request.rerank and not k <= request.rerank <= MAX_RERANK:
+            raise InvalidArgument(f"must be in [k={k}, {MAX_RERANK}], got {request.rerank}", "rerank")
+        queries = collection.validate_queries(vectors_from(request.queries, collection.config.dim, "queries"))
+        nprobe = collection.resolve_nprobe(request.nprobe, request.recall_target)
+        result = await self.shard.batchers[collection.name].search(queries, k, nprobe, depth)
+        outcome = result.outcome
+        response = indexer_pb2.SearchResponse(
+            generation=outcome.generation,
+            data_version=outcome.data_version,
+            index=outcome.index,
+            nprobe=outcome.nprobe,
+            batch_size=result.batch_queries,
+        )
+        for row in range(result.start, result.end):
+            hits = response.results.add().hits
+            for score, slot in zip(outcome.scores[row].tolist(), outcome.slots[row].tolist()):
+                if slot < 0:
+                    break
+                item_id, meta = collection.item(slot)
+                hits.add(id=item_id, score=score, metadata=meta)
+        return response
+
+    async def Get(
+        self, request: indexer_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.GetResponse:
+        collection = self._ready_collection(request.collection)
+        self._check_size(len(request.ids), "ids")
+        if not request.ids:
+            raise InvalidArgument("no ids", "ids")
+        found, missing = collection.get(list(request.ids))
+        response = indexer_pb2.GetResponse(missing=missing)
+        for item_id, vector, meta in found:
+            item = response.items.add(id=item_id, metadata=meta)
+            if request.include_vectors:
+                item.vector.values.extend(vector.tolist())
+        return response
+
+    async def Stats(
+        self, request: indexer_pb2.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.StatsResponse:
+        response = indexer_pb2.StatsResponse(shard=self.settings.shard, num_shards=self.settings.num_shards)
+        for c in self.shard.collections.values():
+            response.collections.add(
+                name=c.name,
+                dim=c.config.dim,
+                count=c.count,
+                generation=c.generation,
+                index=c.index_name,
+                factory=c.config.factory,
+                data_version=c.data_version,
+                lsn=c.lsn,
+                rebuild_progress=c.rebuild_progress if c.rebuilding else 0.0,
+                rebuilding=c.rebuilding,
+                log_bytes=c.wal.size_bytes if self.shard.loaded else 0,
+                index_bytes=c.index_bytes() if self.shard.loaded else 0,
+            )
+        return response
+
+    async def Sample(self, request: indexer_pb2.SampleRequest, context: grpc.aio.ServicerContext):
+        collection = self._ready_collection(request.collection)
+        if request.n < 1:
+            raise InvalidArgument("must be >= 1", "n")
+        sample = await self._blocking(collection.sample, request.n, request.seed)
+        for start in range(0, len(sample), SAMPLE_CHUNK_ROWS):
+            chunk = np.ascontiguousarray(sample[start : start + SAMPLE_CHUNK_ROWS], dtype="<f4")
+            yield indexer_pb2.VectorChunk(rows=len(chunk), dim=collection.config.dim, data=chunk.tobytes())
+
+    async def InstallTemplate(
+        self, request: indexer_pb2.InstallTemplateRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.InstallTemplateResponse:
+        collection = self._ready_collection(request.collection)
+        table = [(e.nprobe, e.recall) for e in request.nprobe_table]
+        generation = await self._blocking(collection.install_template, request.index, request.factory, table)
+        return indexer_pb2.InstallTemplateResponse(next_generation=generation)
+
+    async def Snapshot(
+        self, request: indexer_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.SnapshotResponse:
+        if not self.shard.loaded:
+            raise Unavailable("shard is loading its data, retry shortly")
+        done = await self._blocking(self.shard.snapshot_all)
+        return indexer_pb2.SnapshotResponse(collections=done)
