@@ -121,5 +121,7 @@ class ShardSettings:
             max_batch_queries=int(env.get("SEMSEARCH_INDEXER_MAX_BATCH", "512")),
             batch_delay_ms=float(env.get("SEMSEARCH_INDEXER_BATCH_DELAY_MS", "0")),
             snapshot_every_records=int(env.get("SEMSEARCH_INDEXER_SNAPSHOT_EVERY", "50000")),
+            max_request_items=int(env.get("SEMSEARCH_INDEXER_MAX_ITEMS", "10000")),
+            max_message_bytes=int(env.get("SEMSEARCH_INDEXER_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
             fsync=env.get("SEMSEARCH_INDEXER_FSYNC", "1") != "0",
         )
