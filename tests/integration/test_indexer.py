@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -253,7 +254,7 @@ def test_searches_never_fail_during_train_rebuild_and_swap(shards):
 def test_deletes_and_upserts_visible_at_once_and_after_restart(shards):
     base = dataset(3_000, seed=7)
     shard = shards.start()
-    channel, stub = stub_for(shard)
+    _, stub = stub_for(shard)
     upsert(stub, base)
     q = base[10:11]
     assert ids_of(search(stub, q, k=1))[0] == ["v10"]
@@ -288,46 +289,88 @@ def test_bad_inputs_get_clear_statuses_and_shard_keeps_serving(shards):
             call(request, timeout=10)
         return info.value.code(), info.value.details()
 
+    U = partial(indexer_pb2.UpsertRequest, collection="docs")
+    S = partial(indexer_pb2.SearchRequest, collection="docs")
+
+    def V(values) -> common_pb2.Vector:
+        return common_pb2.Vector(values=values)
+
+    Item = common_pb2.Item
     cases = [
-        (stub.Upsert, indexer_pb2.UpsertRequest(collection="docs"), grpc.StatusCode.INVALID_ARGUMENT, "items"),
-        (stub.Upsert, indexer_pb2.UpsertRequest(collection="docs", items=[
-            common_pb2.Item(id="x", vector=common_pb2.Vector(values=[1.0] * 5))]),
-         grpc.StatusCode.INVALID_ARGUMENT, "items[0].vector"),
-        (stub.Upsert, indexer_pb2.UpsertRequest(collection="docs", items=[
-            common_pb2.Item(id="x", vector=common_pb2.Vector(values=[float("nan")] * DIM))]),
-         grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
-        (stub.Upsert, indexer_pb2.UpsertRequest(collection="docs", items=[
-            common_pb2.Item(id="", vector=common_pb2.Vector(values=good))]),
-         grpc.StatusCode.INVALID_ARGUMENT, "items[0].id"),
-        (stub.Upsert, indexer_pb2.UpsertRequest(collection="docs", items=items(dataset(2), 0) + items(dataset(1), 0)),
-         grpc.StatusCode.INVALID_ARGUMENT, "duplicate"),
-        (stub.Upsert, indexer_pb2.UpsertRequest(collection="docs", items=items(dataset(101))),
-         grpc.StatusCode.INVALID_ARGUMENT, "items"),
-        (stub.Upsert, indexer_pb2.UpsertRequest(collection="nope", items=items(dataset(1))),
-         grpc.StatusCode.NOT_FOUND, "collection"),
-        (stub.Search, indexer_pb2.SearchRequest(collection="docs"), grpc.StatusCode.INVALID_ARGUMENT, "queries"),
-        (stub.Search, indexer_pb2.SearchRequest(collection="docs", queries=[common_pb2.Vector(values=good)], k=1001),
-         grpc.StatusCode.INVALID_ARGUMENT, "k"),
-        (stub.Search, indexer_pb2.SearchRequest(collection="docs", queries=[common_pb2.Vector(values=good[:3])]),
-         grpc.StatusCode.INVALID_ARGUMENT, "queries[0]"),
-        (stub.Search, indexer_pb2.SearchRequest(collection="docs",
-                                                queries=[common_pb2.Vector(values=[float("inf")] * DIM)]),
-         grpc.StatusCode.INVALID_ARGUMENT, "NaN or Inf"),
-        (stub.Search, indexer_pb2.SearchRequest(collection="docs", queries=[common_pb2.Vector(values=good)],
-                                                recall_target=1.5), grpc.StatusCode.INVALID_ARGUMENT, "recall_target"),
-        (stub.Search, indexer_pb2.SearchRequest(collection="docs", queries=[common_pb2.Vector(values=good)],
-                                                k=10, rerank=5), grpc.StatusCode.INVALID_ARGUMENT, "rerank"),
-        (stub.Search, indexer_pb2.SearchRequest(collection="nope", queries=[common_pb2.Vector(values=good)]),
-         grpc.StatusCode.NOT_FOUND, "nope"),
-        (stub.Delete, indexer_pb2.DeleteRequest(collection="docs", ids=["v1", "ghost"]),
-         grpc.StatusCode.NOT_FOUND, "ghost"),
+        (stub.Upsert, U(), grpc.StatusCode.INVALID_ARGUMENT, "items"),
+        (
+            stub.Upsert,
+            U(items=[Item(id="x", vector=V([1.0] * 5))]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "items[0].vector",
+        ),
+        (
+            stub.Upsert,
+            U(items=[Item(id="x", vector=V([float("nan")] * DIM))]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NaN",
+        ),
+        (
+            stub.Upsert,
+            U(items=[Item(id="", vector=V(good))]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "items[0].id",
+        ),
+        (
+            stub.Upsert,
+            U(items=items(dataset(2), 0) + items(dataset(1), 0)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "duplicate",
+        ),
+        (stub.Upsert, U(items=items(dataset(101))), grpc.StatusCode.INVALID_ARGUMENT, "items"),
+        (
+            stub.Upsert,
+            indexer_pb2.UpsertRequest(collection="nope", items=items(dataset(1))),
+            grpc.StatusCode.NOT_FOUND,
+            "collection",
+        ),
+        (stub.Search, S(), grpc.StatusCode.INVALID_ARGUMENT, "queries"),
+        (stub.Search, S(queries=[V(good)], k=1001), grpc.StatusCode.INVALID_ARGUMENT, "k"),
+        (stub.Search, S(queries=[V(good[:3])]), grpc.StatusCode.INVALID_ARGUMENT, "queries[0]"),
+        (
+            stub.Search,
+            indexer_pb2.SearchRequest(collection="docs", queries=[V([float("inf")] * DIM)]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NaN or Inf",
+        ),
+        (
+            stub.Search,
+            S(queries=[V(good)], recall_target=1.5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "recall_target",
+        ),
+        (stub.Search, S(queries=[V(good)], k=10, rerank=5), grpc.StatusCode.INVALID_ARGUMENT, "rerank"),
+        (
+            stub.Search,
+            indexer_pb2.SearchRequest(collection="nope", queries=[V(good)]),
+            grpc.StatusCode.NOT_FOUND,
+            "nope",
+        ),
+        (
+            stub.Delete,
+            indexer_pb2.DeleteRequest(collection="docs", ids=["v1", "ghost"]),
+            grpc.StatusCode.NOT_FOUND,
+            "ghost",
+        ),
         (stub.Delete, indexer_pb2.DeleteRequest(collection="docs"), grpc.StatusCode.INVALID_ARGUMENT, "ids"),
-        (stub.InstallTemplate, indexer_pb2.InstallTemplateRequest(collection="docs", index=b"garbage"),
-         grpc.StatusCode.INVALID_ARGUMENT, "index"),
-        (stub.Upsert, indexer_pb2.UpsertRequest(collection="docs", items=[
-            common_pb2.Item(id="big", vector=common_pb2.Vector(values=good), metadata={"x": "y" * 300_000})]),
-         grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
-    ]  # fmt: skip
+        (
+            stub.InstallTemplate,
+            indexer_pb2.InstallTemplateRequest(collection="docs", index=b"garbage"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "index",
+        ),
+        (
+            stub.Upsert,
+            U(items=[Item(id="big", vector=V(good), metadata={"x": "y" * 300_000})]),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "",
+        ),
+    ]
     for call, request, code, fragment in cases:
         got_code, details = status(call, request)
         assert got_code == code, (request, got_code, details)
