@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class UpsertRequest(_message.Message):
+class ShardUpsertRequest(_message.Message):
     __slots__ = ("collection", "items")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
@@ -15,7 +15,7 @@ class UpsertRequest(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[_common_pb2.Item]
     def __init__(self, collection: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ...) -> None: ...
 
-class DeleteRequest(_message.Message):
+class ShardDeleteRequest(_message.Message):
     __slots__ = ("collection", "ids", "ignore_missing")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
@@ -35,7 +35,7 @@ class WriteResponse(_message.Message):
     data_version: int
     def __init__(self, count: _Optional[int] = ..., lsn: _Optional[int] = ..., data_version: _Optional[int] = ...) -> None: ...
 
-class SearchRequest(_message.Message):
+class ShardSearchRequest(_message.Message):
     __slots__ = ("collection", "queries", "k", "nprobe", "recall_target", "rerank")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
@@ -57,7 +57,7 @@ class QueryHits(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hit]
     def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ...) -> None: ...
 
-class SearchResponse(_message.Message):
+class ShardSearchResponse(_message.Message):
     __slots__ = ("results", "generation", "data_version", "index", "nprobe", "batch_size")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -73,7 +73,7 @@ class SearchResponse(_message.Message):
     batch_size: int
     def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ..., generation: _Optional[int] = ..., data_version: _Optional[int] = ..., index: _Optional[str] = ..., nprobe: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
-class GetRequest(_message.Message):
+class ShardGetRequest(_message.Message):
     __slots__ = ("collection", "ids", "include_vectors")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
@@ -83,7 +83,7 @@ class GetRequest(_message.Message):
     include_vectors: bool
     def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
 
-class GetResponse(_message.Message):
+class ShardGetResponse(_message.Message):
     __slots__ = ("items", "missing")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]

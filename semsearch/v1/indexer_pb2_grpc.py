@@ -36,23 +36,23 @@ class IndexerStub:
         """
         self.Upsert = channel.unary_unary(
                 '/semsearch.v1.Indexer/Upsert',
-                request_serializer=semsearch_dot_v1_dot_indexer__pb2.UpsertRequest.SerializeToString,
+                request_serializer=semsearch_dot_v1_dot_indexer__pb2.ShardUpsertRequest.SerializeToString,
                 response_deserializer=semsearch_dot_v1_dot_indexer__pb2.WriteResponse.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/semsearch.v1.Indexer/Delete',
-                request_serializer=semsearch_dot_v1_dot_indexer__pb2.DeleteRequest.SerializeToString,
+                request_serializer=semsearch_dot_v1_dot_indexer__pb2.ShardDeleteRequest.SerializeToString,
                 response_deserializer=semsearch_dot_v1_dot_indexer__pb2.WriteResponse.FromString,
                 _registered_method=True)
         self.Search = channel.unary_unary(
                 '/semsearch.v1.Indexer/Search',
-                request_serializer=semsearch_dot_v1_dot_indexer__pb2.SearchRequest.SerializeToString,
-                response_deserializer=semsearch_dot_v1_dot_indexer__pb2.SearchResponse.FromString,
+                request_serializer=semsearch_dot_v1_dot_indexer__pb2.ShardSearchRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_indexer__pb2.ShardSearchResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/semsearch.v1.Indexer/Get',
-                request_serializer=semsearch_dot_v1_dot_indexer__pb2.GetRequest.SerializeToString,
-                response_deserializer=semsearch_dot_v1_dot_indexer__pb2.GetResponse.FromString,
+                request_serializer=semsearch_dot_v1_dot_indexer__pb2.ShardGetRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_indexer__pb2.ShardGetResponse.FromString,
                 _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/semsearch.v1.Indexer/Stats',
@@ -152,23 +152,23 @@ def add_IndexerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
-                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.UpsertRequest.FromString,
+                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.ShardUpsertRequest.FromString,
                     response_serializer=semsearch_dot_v1_dot_indexer__pb2.WriteResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
-                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.DeleteRequest.FromString,
+                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.ShardDeleteRequest.FromString,
                     response_serializer=semsearch_dot_v1_dot_indexer__pb2.WriteResponse.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
-                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.SearchRequest.FromString,
-                    response_serializer=semsearch_dot_v1_dot_indexer__pb2.SearchResponse.SerializeToString,
+                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.ShardSearchRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_indexer__pb2.ShardSearchResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.GetRequest.FromString,
-                    response_serializer=semsearch_dot_v1_dot_indexer__pb2.GetResponse.SerializeToString,
+                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.ShardGetRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_indexer__pb2.ShardGetResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -216,7 +216,7 @@ class Indexer:
             request,
             target,
             '/semsearch.v1.Indexer/Upsert',
-            semsearch_dot_v1_dot_indexer__pb2.UpsertRequest.SerializeToString,
+            semsearch_dot_v1_dot_indexer__pb2.ShardUpsertRequest.SerializeToString,
             semsearch_dot_v1_dot_indexer__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
@@ -243,7 +243,7 @@ class Indexer:
             request,
             target,
             '/semsearch.v1.Indexer/Delete',
-            semsearch_dot_v1_dot_indexer__pb2.DeleteRequest.SerializeToString,
+            semsearch_dot_v1_dot_indexer__pb2.ShardDeleteRequest.SerializeToString,
             semsearch_dot_v1_dot_indexer__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
@@ -270,8 +270,8 @@ class Indexer:
             request,
             target,
             '/semsearch.v1.Indexer/Search',
-            semsearch_dot_v1_dot_indexer__pb2.SearchRequest.SerializeToString,
-            semsearch_dot_v1_dot_indexer__pb2.SearchResponse.FromString,
+            semsearch_dot_v1_dot_indexer__pb2.ShardSearchRequest.SerializeToString,
+            semsearch_dot_v1_dot_indexer__pb2.ShardSearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -297,8 +297,8 @@ class Indexer:
             request,
             target,
             '/semsearch.v1.Indexer/Get',
-            semsearch_dot_v1_dot_indexer__pb2.GetRequest.SerializeToString,
-            semsearch_dot_v1_dot_indexer__pb2.GetResponse.FromString,
+            semsearch_dot_v1_dot_indexer__pb2.ShardGetRequest.SerializeToString,
+            semsearch_dot_v1_dot_indexer__pb2.ShardGetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,7 +52,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             )
 
     async def Upsert(
-        self, request: indexer_pb2.UpsertRequest, context: grpc.aio.ServicerContext
+        self, request: indexer_pb2.ShardUpsertRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.WriteResponse:
         collection = self._ready_collection(request.collection)
         self._check_size(len(request.items), "items")
@@ -72,7 +72,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         return indexer_pb2.WriteResponse(count=len(ids), lsn=lsn, data_version=version)
 
     async def Delete(
-        self, request: indexer_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+        self, request: indexer_pb2.ShardDeleteRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.WriteResponse:
         collection = self._ready_collection(request.collection)
         self._check_size(len(request.ids), "ids")
@@ -83,8 +83,8 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         return indexer_pb2.WriteResponse(count=count, lsn=lsn, data_version=version)
 
     async def Search(
-        self, request: indexer_pb2.SearchRequest, context: grpc.aio.ServicerContext
-    ) -> indexer_pb2.SearchResponse:
+        self, request: indexer_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.ShardSearchResponse:
         collection = self._ready_collection(request.collection)
         self._check_size(len(request.queries), "queries")
         k = request.k or DEFAULT_K
@@ -101,7 +101,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         nprobe = collection.resolve_nprobe(request.nprobe, request.recall_target)
         result = await self.shard.batchers[collection.name].search(queries, k, nprobe, depth)
         outcome = result.outcome
-        response = indexer_pb2.SearchResponse(
+        response = indexer_pb2.ShardSearchResponse(
             generation=outcome.generation,
             data_version=outcome.data_version,
             index=outcome.index,
@@ -118,14 +118,14 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         return response
 
     async def Get(
-        self, request: indexer_pb2.GetRequest, context: grpc.aio.ServicerContext
-    ) -> indexer_pb2.GetResponse:
+        self, request: indexer_pb2.ShardGetRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.ShardGetResponse:
         collection = self._ready_collection(request.collection)
         self._check_size(len(request.ids), "ids")
         if not request.ids:
             raise InvalidArgument("no ids", "ids")
         found, missing = collection.get(list(request.ids))
-        response = indexer_pb2.GetResponse(missing=missing)
+        response = indexer_pb2.ShardGetResponse(missing=missing)
         for item_id, vector, meta in found:
             item = response.items.add(id=item_id, metadata=meta)
             if request.include_vectors:

@@ -50,13 +50,15 @@ def items(x: np.ndarray, start: int = 0, prefix: str = "v") -> list[common_pb2.I
 def upsert(stub, x: np.ndarray, start: int = 0, batch: int = 1000, prefix: str = "v") -> None:
     for s in range(0, len(x), batch):
         stub.Upsert(
-            indexer_pb2.UpsertRequest(collection="docs", items=items(x[s : s + batch], start + s, prefix)),
+            indexer_pb2.ShardUpsertRequest(
+                collection="docs", items=items(x[s : s + batch], start + s, prefix)
+            ),
             timeout=60,
         )
 
 
-def search(stub, q: np.ndarray, k: int = 10, **kwargs) -> indexer_pb2.SearchResponse:
-    request = indexer_pb2.SearchRequest(
+def search(stub, q: np.ndarray, k: int = 10, **kwargs) -> indexer_pb2.ShardSearchResponse:
+    request = indexer_pb2.ShardSearchRequest(
         collection="docs", queries=[common_pb2.Vector(values=v) for v in q], k=k, **kwargs
     )
     return stub.Search(request, timeout=60)
@@ -143,7 +145,7 @@ def test_three_shards_equal_one_shard(shards):
         rows = np.nonzero(owners == s)[0]
         request_items = [items(base[i : i + 1], int(i))[0] for i in rows]
         for b in range(0, len(request_items), 1000):
-            stub.Upsert(indexer_pb2.UpsertRequest(collection="docs", items=request_items[b : b + 1000]))
+            stub.Upsert(indexer_pb2.ShardUpsertRequest(collection="docs", items=request_items[b : b + 1000]))
     expected = search(single_stub, queries, k=10)
     per_shard = [search(stub, queries, k=10) for stub in stubs]
     for qi, want in enumerate(expected.results):
@@ -165,7 +167,8 @@ def test_sigkill_loses_no_acknowledged_write_and_torn_tail_is_skipped(shards):
                 return
             try:
                 stub.Upsert(
-                    indexer_pb2.UpsertRequest(collection="docs", items=items(x[s : s + 50], s)), timeout=10
+                    indexer_pb2.ShardUpsertRequest(collection="docs", items=items(x[s : s + 50], s)),
+                    timeout=10,
                 )
             except grpc.RpcError:
                 return
@@ -188,15 +191,15 @@ def test_sigkill_loses_no_acknowledged_write_and_torn_tail_is_skipped(shards):
     shards.restart(shard)
     _, stub = stub_for(shard)
     wanted = [f"v{s + i}" for s in acked for i in range(50)]
-    response = stub.Get(indexer_pb2.GetRequest(collection="docs", ids=wanted))
+    response = stub.Get(indexer_pb2.ShardGetRequest(collection="docs", ids=wanted))
     assert not response.missing, f"{len(response.missing)} acknowledged items lost"
     assert (
         "dropped" in (shard.data_dir / "shard.log").read_text()
         or "torn" in (shard.data_dir / "shard.log").read_text().lower()
     )
     # Writes continue after recovery.
-    stub.Upsert(indexer_pb2.UpsertRequest(collection="docs", items=items(x[:1], 0, prefix="after")))
-    assert not stub.Get(indexer_pb2.GetRequest(collection="docs", ids=["after0"])).missing
+    stub.Upsert(indexer_pb2.ShardUpsertRequest(collection="docs", items=items(x[:1], 0, prefix="after")))
+    assert not stub.Get(indexer_pb2.ShardGetRequest(collection="docs", ids=["after0"])).missing
 
 
 def test_searches_never_fail_during_train_rebuild_and_swap(shards):
@@ -225,7 +228,9 @@ def test_searches_never_fail_during_train_rebuild_and_swap(shards):
         for s in range(0, len(more), 100):
             if stop.is_set():
                 return
-            stub.Upsert(indexer_pb2.UpsertRequest(collection="docs", items=items(more[s : s + 100], s, "w")))
+            stub.Upsert(
+                indexer_pb2.ShardUpsertRequest(collection="docs", items=items(more[s : s + 100], s, "w"))
+            )
 
     threads = [threading.Thread(target=searcher), threading.Thread(target=writer)]
     for t in threads:
@@ -244,7 +249,7 @@ def test_searches_never_fail_during_train_rebuild_and_swap(shards):
     assert generations == sorted(generations)
     assert all(full for _, full in results)
     # Writes made during the rebuild are in the new index.
-    response = stub.Get(indexer_pb2.GetRequest(collection="docs", ids=["w1999", "w0"]))
+    response = stub.Get(indexer_pb2.ShardGetRequest(collection="docs", ids=["w1999", "w0"]))
     assert not response.missing
     more = dataset(2_000, seed=6)
     hit = search(stub, more[1999:2000], k=1)
@@ -258,10 +263,10 @@ def test_deletes_and_upserts_visible_at_once_and_after_restart(shards):
     upsert(stub, base)
     q = base[10:11]
     assert ids_of(search(stub, q, k=1))[0] == ["v10"]
-    stub.Delete(indexer_pb2.DeleteRequest(collection="docs", ids=["v10"]))
+    stub.Delete(indexer_pb2.ShardDeleteRequest(collection="docs", ids=["v10"]))
     assert "v10" not in ids_of(search(stub, q, k=10))[0]
     replacement = -base[20:21]  # v20 now points the other way
-    stub.Upsert(indexer_pb2.UpsertRequest(collection="docs", items=items(replacement, 20)))
+    stub.Upsert(indexer_pb2.ShardUpsertRequest(collection="docs", items=items(replacement, 20)))
     assert "v20" not in ids_of(search(stub, base[20:21], k=10))[0]
     assert ids_of(search(stub, replacement, k=1))[0] == ["v20"]
     stats = stub.Stats(indexer_pb2.StatsRequest()).collections[0]
@@ -272,7 +277,7 @@ def test_deletes_and_upserts_visible_at_once_and_after_restart(shards):
     _, stub = stub_for(shard)
     assert "v10" not in ids_of(search(stub, q, k=10))[0]
     assert ids_of(search(stub, replacement, k=1))[0] == ["v20"]
-    assert stub.Get(indexer_pb2.GetRequest(collection="docs", ids=["v10"])).missing == ["v10"]
+    assert stub.Get(indexer_pb2.ShardGetRequest(collection="docs", ids=["v10"])).missing == ["v10"]
     assert stub.Stats(indexer_pb2.StatsRequest()).collections[0].count == 2_999
 
 
@@ -289,8 +294,8 @@ def test_bad_inputs_get_clear_statuses_and_shard_keeps_serving(shards):
             call(request, timeout=10)
         return info.value.code(), info.value.details()
 
-    U = partial(indexer_pb2.UpsertRequest, collection="docs")
-    S = partial(indexer_pb2.SearchRequest, collection="docs")
+    U = partial(indexer_pb2.ShardUpsertRequest, collection="docs")
+    S = partial(indexer_pb2.ShardSearchRequest, collection="docs")
 
     def V(values) -> common_pb2.Vector:
         return common_pb2.Vector(values=values)
@@ -325,7 +330,7 @@ def test_bad_inputs_get_clear_statuses_and_shard_keeps_serving(shards):
         (stub.Upsert, U(items=items(dataset(101))), grpc.StatusCode.INVALID_ARGUMENT, "items"),
         (
             stub.Upsert,
-            indexer_pb2.UpsertRequest(collection="nope", items=items(dataset(1))),
+            indexer_pb2.ShardUpsertRequest(collection="nope", items=items(dataset(1))),
             grpc.StatusCode.NOT_FOUND,
             "collection",
         ),
@@ -334,7 +339,7 @@ def test_bad_inputs_get_clear_statuses_and_shard_keeps_serving(shards):
         (stub.Search, S(queries=[V(good[:3])]), grpc.StatusCode.INVALID_ARGUMENT, "queries[0]"),
         (
             stub.Search,
-            indexer_pb2.SearchRequest(collection="docs", queries=[V([float("inf")] * DIM)]),
+            indexer_pb2.ShardSearchRequest(collection="docs", queries=[V([float("inf")] * DIM)]),
             grpc.StatusCode.INVALID_ARGUMENT,
             "NaN or Inf",
         ),
@@ -347,17 +352,22 @@ def test_bad_inputs_get_clear_statuses_and_shard_keeps_serving(shards):
         (stub.Search, S(queries=[V(good)], k=10, rerank=5), grpc.StatusCode.INVALID_ARGUMENT, "rerank"),
         (
             stub.Search,
-            indexer_pb2.SearchRequest(collection="nope", queries=[V(good)]),
+            indexer_pb2.ShardSearchRequest(collection="nope", queries=[V(good)]),
             grpc.StatusCode.NOT_FOUND,
             "nope",
         ),
         (
             stub.Delete,
-            indexer_pb2.DeleteRequest(collection="docs", ids=["v1", "ghost"]),
+            indexer_pb2.ShardDeleteRequest(collection="docs", ids=["v1", "ghost"]),
             grpc.StatusCode.NOT_FOUND,
             "ghost",
         ),
-        (stub.Delete, indexer_pb2.DeleteRequest(collection="docs"), grpc.StatusCode.INVALID_ARGUMENT, "ids"),
+        (
+            stub.Delete,
+            indexer_pb2.ShardDeleteRequest(collection="docs"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ids",
+        ),
         (
             stub.InstallTemplate,
             indexer_pb2.InstallTemplateRequest(collection="docs", index=b"garbage"),
@@ -383,7 +393,7 @@ def test_bad_inputs_get_clear_statuses_and_shard_keeps_serving(shards):
         nprobe_table=[indexer_pb2.NprobeRecall(nprobe=1, recall=1.0)]))  # fmt: skip
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "dimension" in details
     # Nothing above changed the data: the delete with an unknown id deleted nothing.
-    assert not stub.Get(indexer_pb2.GetRequest(collection="docs", ids=["v1"])).missing
+    assert not stub.Get(indexer_pb2.ShardGetRequest(collection="docs", ids=["v1"])).missing
     assert stub.Stats(indexer_pb2.StatsRequest()).collections[0].count == 50
     assert health_serving(shard.address)
     assert shard.alive()
