@@ -16,9 +16,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from semsearch.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.indexer import index_ops
 from services.indexer.config import CollectionConfig
-from services.indexer.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.indexer.store import VectorStore
 from services.indexer.wal import WriteAheadLog
 

@@ -8,12 +8,12 @@ import logging
 import grpc
 from prometheus_client import start_http_server
 
+from semsearch.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from semsearch.rpc import ErrorMappingInterceptor, serve, server_options
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import metrics
 from services.indexer.config import ShardSettings
-from services.indexer.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.indexer.servicer import IndexerServicer, Unavailable
+from services.indexer.servicer import IndexerServicer
 from services.indexer.shard import Shard
 
 log = logging.getLogger(__name__)

@@ -8,20 +8,16 @@ from functools import partial
 import grpc
 import numpy as np
 
+from semsearch.errors import InvalidArgument, Unavailable
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import metrics
 from services.indexer.collection import MAX_K
 from services.indexer.config import ShardSettings
-from services.indexer.errors import IndexerError, InvalidArgument
 from services.indexer.shard import Shard
 
 DEFAULT_K = 10
 MAX_RERANK = 20_000
 SAMPLE_CHUNK_ROWS = 8192
-
-
-class Unavailable(IndexerError):
-    """The shard is still loading (UNAVAILABLE)."""
 
 
 def vectors_from(messages, dim: int, field: str) -> np.ndarray:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from semsearch.errors import NotFound
 from services.indexer import metrics
 from services.indexer.batcher import SearchBatcher
 from services.indexer.collection import Collection
 from services.indexer.config import ShardSettings
-from services.indexer.errors import NotFound
 
 log = logging.getLogger(__name__)
 

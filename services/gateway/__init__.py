@@ -1,0 +1,1 @@
+"""The gateway: the public gRPC API, embedding, shard fan-out, Redis caching."""
