@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 import numpy as np
 
 from semsearch.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
+from services.gateway.fanout import Hit, ShardHits
 
 # Reconnect within a second of a shard coming back (the gRPC default backoff grows to 2 minutes).
 CHANNEL_OPTIONS = [
@@ -19,20 +18,6 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.use_local_subchannel_pool", 1),
 ]
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float
-    metadata: dict[str, str]
-
-
-@dataclass(frozen=True)
-class ShardHits:
-    hits: list[list[Hit]]
-    generation: int
-    data_version: int
 
 
 class ShardClient:
