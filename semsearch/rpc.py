@@ -4,15 +4,16 @@ times every RPC, and the serve loop with health, reflection and graceful shutdow
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,26 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_stream:
+            inner_bidi = handler.stream_stream
+
+            async def stream_stream(request_iterator, context):
+                begin = time.perf_counter()
+                try:
+                    async for response in inner_bidi(request_iterator, context):
+                        yield response
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await fail(exc, context)
+                finally:
+                    interceptor.request_seconds.labels(method).observe(time.perf_counter() - begin)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
 
@@ -121,7 +142,8 @@ async def serve(
     reflection.enable_server_reflection(
         [*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME], server
     )
-    if server.add_insecure_port(address) == 0:
+    # An empty address means the caller already bound a (TLS) port.
+    if address and server.add_insecure_port(address) == 0:
         raise RuntimeError(f"cannot bind {address}")
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -141,3 +163,112 @@ async def serve(
     await server.stop(grace_s)
     await close()
     log.info("stopped")
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Requires metadata `x-api-key` to match one of `keys` (constant-time compare); health and
+    reflection stay open so probes and grpcurl discovery work without a key."""
+
+    OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+    def __init__(self, keys: Sequence[str], rejected: Counter) -> None:
+        self.keys = [k.encode() for k in keys]
+        self.rejected = rejected
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if not self.keys or method.startswith(self.OPEN_PREFIXES):
+            return await continuation(handler_call_details)
+        given = dict(handler_call_details.invocation_metadata or ()).get("x-api-key", "")
+        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+        if any(hmac.compare_digest(given_bytes, key) for key in self.keys):
+            return await continuation(handler_call_details)
+        self.rejected.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()
+        handler = await continuation(handler_call_details)
+        return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-api-key metadata")
+
+
+class InFlightLimiter(grpc.aio.ServerInterceptor):
+    """At most `limit` requests in flight (RESOURCE_EXHAUSTED beyond), tracked in `gauge`."""
+
+    def __init__(self, limit: int, gauge: Gauge, rejected: Counter) -> None:
+        self.limit = limit
+        self.gauge = gauge
+        self.rejected = rejected
+        self.in_flight = 0
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(ApiKeyInterceptor.OPEN_PREFIXES):
+            return handler
+        limiter = self
+
+        def wrap(inner, streaming: bool):
+            async def unary(request, context):
+                if limiter.in_flight >= limiter.limit:
+                    limiter.rejected.labels(method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED").inc()
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {limiter.limit} in flight"
+                    )
+                limiter.in_flight += 1
+                limiter.gauge.set(limiter.in_flight)
+                try:
+                    return await inner(request, context)
+                finally:
+                    limiter.in_flight -= 1
+                    limiter.gauge.set(limiter.in_flight)
+
+            async def stream(request, context):
+                if limiter.in_flight >= limiter.limit:
+                    limiter.rejected.labels(method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED").inc()
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {limiter.limit} in flight"
+                    )
+                limiter.in_flight += 1
+                limiter.gauge.set(limiter.in_flight)
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                finally:
+                    limiter.in_flight -= 1
+                    limiter.gauge.set(limiter.in_flight)
+
+            return stream if streaming else unary
+
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **kwargs)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **kwargs)
+        return handler
+
+
+def _deny(handler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler | None:
+    """A handler of the same kind as `handler` that rejects every call."""
+    if handler is None:
+        return None
+
+    async def deny(request, context):
+        await context.abort(code, message)
+
+    async def deny_stream(request, context):
+        await context.abort(code, message)
+        yield  # an async generator, as streaming handlers must be
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)

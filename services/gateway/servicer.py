@@ -1,0 +1,115 @@
+"""The public Search gRPC servicer: protobuf <-> gateway domain; errors mapped by the interceptor."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from semsearch.errors import InvalidArgument
+from semsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
+from services.gateway.service import GatewayService, Query, UpsertInput
+
+
+def _timeout(context: grpc.aio.ServicerContext, default_s: float) -> float:
+    """The caller's remaining deadline, capped by the gateway default."""
+    remaining = context.time_remaining()
+    return default_s if remaining is None else max(0.001, min(remaining, default_s * 12))
+
+
+class SearchServicer(search_pb2_grpc.SearchServicer):
+    def __init__(self, service: GatewayService) -> None:
+        self.service = service
+        self.default_timeout_s = service.settings.default_deadline_s
+
+    async def Search(
+        self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.SearchResponse:
+        kind = request.WhichOneof("query")
+        if kind is None:
+            raise InvalidArgument("set one of image, text, vector or id", "query")
+        query = Query(
+            collection=request.collection,
+            kind=kind,
+            image=request.image,
+            text=request.text,
+            vector=np.array(request.vector.values, dtype=np.float32) if kind == "vector" else None,
+            item_id=request.id,
+            k=request.k or 10,
+            recall_target=request.recall_target,
+            nprobe=request.nprobe,
+            min_coverage=request.min_coverage if request.HasField("min_coverage") else 1.0,
+            no_cache=request.no_cache,
+            timeout_s=_timeout(context, self.default_timeout_s),
+        )
+        result = await self.service.search(query)
+        return search_pb2.SearchResponse(
+            hits=[common_pb2.Hit(id=h.id, score=h.score, metadata=h.metadata) for h in result.hits],
+            shards_answered=result.shards_answered,
+            shards_queried=result.shards_queried,
+            generations=result.generations,
+            cached=result.cached,
+            timings=[common_pb2.StageTiming(stage=s, seconds=t) for s, t in result.timings],
+            model_version=result.model_version,
+        )
+
+    async def _upsert(self, request: search_pb2.UpsertRequest, timeout_s: float) -> search_pb2.UpsertResponse:
+        items = []
+        for item in request.items:
+            content = item.WhichOneof("content")
+            items.append(
+                UpsertInput(
+                    id=item.id,
+                    image=item.image if content == "image" else None,
+                    text=item.text if content == "text" else None,
+                    vector=np.array(item.vector.values, dtype=np.float32) if content == "vector" else None,
+                    metadata=dict(item.metadata),
+                )
+            )
+        errors = await self.service.upsert(request.collection, items, timeout_s)
+        results = [
+            search_pb2.ItemResult(id=item.id, ok=error is None, error=error or "")
+            for item, error in zip(request.items, errors)
+        ]
+        failed = sum(e is not None for e in errors)
+        return search_pb2.UpsertResponse(results=results, succeeded=len(errors) - failed, failed=failed)
+
+    async def Upsert(
+        self, request: search_pb2.UpsertRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.UpsertResponse:
+        return await self._upsert(request, _timeout(context, self.default_timeout_s * 6))
+
+    async def UpsertStream(self, request_iterator, context: grpc.aio.ServicerContext):
+        # One request at a time: the next is read only after this one is durable, so a fast
+        # client is held back by gRPC flow control instead of filling the gateway's memory.
+        async for request in request_iterator:
+            yield await self._upsert(request, self.default_timeout_s * 6)
+
+    async def Delete(
+        self, request: search_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.DeleteResponse:
+        deleted, missing = await self.service.delete(
+            request.collection, list(request.ids), _timeout(context, self.default_timeout_s)
+        )
+        return search_pb2.DeleteResponse(deleted=deleted, missing=missing)
+
+    async def Get(
+        self, request: search_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.GetResponse:
+        items, missing = await self.service.get(
+            request.collection,
+            list(request.ids),
+            request.include_vectors,
+            _timeout(context, self.default_timeout_s),
+        )
+        response = search_pb2.GetResponse(missing=missing)
+        for item_id, vector, meta in items:
+            item = response.items.add(id=item_id, metadata=meta)
+            if vector is not None:
+                item.vector.values.extend(vector.tolist())
+        return response
+
+    async def ListCollections(
+        self, request: search_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.ListCollectionsResponse:
+        infos = await self.service.list_collections(_timeout(context, self.default_timeout_s))
+        return search_pb2.ListCollectionsResponse(collections=[search_pb2.CollectionInfo(**i) for i in infos])
