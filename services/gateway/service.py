@@ -268,6 +268,8 @@ class GatewayService:
             model_version=version,
         )
         if key is not None and answered == len(self.shards):
+            # Keyed by the generations that answered, which the next lookup will also use.
+            key = self._result_key(query, vector, epoch)
             await self.cache.set_result(query.collection, key, _encode_result(result))
         metrics.SEARCH_SECONDS.labels(query.kind).observe(time.perf_counter() - begin)
         return result

@@ -1,0 +1,212 @@
+"""The local stack as real processes on 127.0.0.1: tritonserver, redis-server, N shards, the gateway."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from semsearch.procs import ManagedProcess, free_port, port_open, stop_process_group
+from services.embedder.triton import TritonPorts, TritonServer
+from services.indexer.launcher import ShardProcess, health_serving
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StackState:
+    """What `semsearch up` started, saved to <home>/stack.json for `status` and `down`."""
+
+    gateway: str
+    gateway_metrics: int
+    triton_grpc: str
+    triton_metrics: int
+    redis_url: str
+    shards: list[str]
+    shard_metrics: list[int]
+    triton_shm_prefix: str = ""
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> StackState | None:
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+def redis_server_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError(
+            "redis-server not found: install the Debian package redis-server (scripts/setup.sh)"
+        )
+    return binary
+
+
+class Stack:
+    """Starts every part with a readiness deadline; `stop()` stops them in reverse order."""
+
+    def __init__(
+        self,
+        home: Path,
+        model_repository: Path,
+        *,
+        num_shards: int = 2,
+        gateway_port: int | None = None,
+        env: dict[str, str] | None = None,
+        collections_file: Path | None = None,
+    ) -> None:
+        self.home = Path(home).resolve()
+        self.model_repository = Path(model_repository)
+        self.num_shards = num_shards
+        self.gateway_port = gateway_port or free_port()
+        self.env = env or {}
+        self.collections_file = collections_file
+        self.triton: TritonServer | None = None
+        self.redis: ManagedProcess | None = None
+        self.redis_port = 0
+        self.shards: list[ShardProcess] = []
+        self.gateway: ManagedProcess | None = None
+        self.gateway_metrics_port = free_port()
+
+    @property
+    def gateway_address(self) -> str:
+        return f"127.0.0.1:{self.gateway_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def start_redis(self) -> None:
+        self.redis_port = self.redis_port or free_port()
+        self.redis = ManagedProcess(
+            "redis-server",
+            [
+                redis_server_binary(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.redis_port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory",
+                "256mb",
+                "--maxmemory-policy",
+                "allkeys-lru",
+                "--dir",
+                str(self.home),
+            ],
+            log_path=self.home / "redis.log",
+        )
+        self.redis.start(lambda: port_open("127.0.0.1", self.redis_port), 30)
+
+    def start_triton(self) -> None:
+        ports = self.triton.ports if self.triton else TritonPorts.free()
+        self.triton = TritonServer(self.model_repository, work_dir=self.home / "triton", ports=ports)
+        self.triton.start()
+
+    def start_shard(self, i: int) -> ShardProcess:
+        if i < len(self.shards):
+            return self.shards[i].start()
+        shard = ShardProcess(i, self.num_shards, self.home / f"shard-{i}", env=dict(self.env))
+        if self.collections_file:
+            shard.env["SEMSEARCH_COLLECTIONS_FILE"] = str(self.collections_file)
+        self.shards.append(shard.start())
+        return shard
+
+    def start_gateway(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            SEMSEARCH_SHARDS=",".join(s.address for s in self.shards),
+            SEMSEARCH_TRITON_URL=self.triton.grpc_url,
+            SEMSEARCH_REDIS_URL=self.redis_url,
+            SEMSEARCH_GATEWAY_HOST="127.0.0.1",
+            SEMSEARCH_GATEWAY_PORT=str(self.gateway_port),
+            SEMSEARCH_GATEWAY_METRICS_PORT=str(self.gateway_metrics_port),
+            SEMSEARCH_LOG_FORMAT="json",
+            OMP_WAIT_POLICY="PASSIVE",
+        )
+        if self.collections_file:
+            env["SEMSEARCH_COLLECTIONS_FILE"] = str(self.collections_file)
+        env.update(self.env)
+        self.gateway = ManagedProcess(
+            "gateway", [sys.executable, "-m", "services.gateway"], log_path=self.home / "gateway.log", env=env
+        )
+        self.gateway.start(lambda: health_serving(self.gateway_address), 120)
+
+    def start(self) -> Stack:
+        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_redis()
+            self.start_triton()
+            for i in range(self.num_shards):
+                self.start_shard(i)
+            self.start_gateway()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def state(self) -> StackState:
+        pids = {"redis": self.redis.pid, "triton": self.triton.pid, "gateway": self.gateway.pid}
+        pids.update({f"shard-{i}": s.process.pid for i, s in enumerate(self.shards)})
+        return StackState(
+            gateway=self.gateway_address,
+            gateway_metrics=self.gateway_metrics_port,
+            triton_grpc=self.triton.grpc_url,
+            triton_metrics=self.triton.ports.metrics,
+            redis_url=self.redis_url,
+            shards=[s.address for s in self.shards],
+            shard_metrics=[s.metrics_port for s in self.shards],
+            triton_shm_prefix=self.triton.shm_prefix,
+            pids={k: v for k, v in pids.items() if v},
+        )
+
+    def stop(self) -> None:
+        if self.gateway:
+            self.gateway.stop()
+        for shard in self.shards:
+            shard.stop()
+        if self.triton:
+            self.triton.stop()
+        if self.redis:
+            self.redis.stop()
+
+
+def stop_saved(path: Path) -> list[str]:
+    """Stop a detached stack recorded in `path` (gateway first); returns what was stopped."""
+    state = StackState.load(path)
+    if state is None:
+        return []
+    order = ["gateway", *sorted(k for k in state.pids if k.startswith("shard-")), "triton", "redis"]
+    stopped = []
+    for name in order:
+        pid = state.pids.get(name)
+        if pid:
+            stop_process_group(pid, grace=20)
+            stopped.append(name)
+    for leftover in Path("/dev/shm").glob(f"{state.triton_shm_prefix}*") if state.triton_shm_prefix else []:
+        leftover.unlink(missing_ok=True)
+    path.unlink()
+    return stopped
+
+
+def status_of(state: StackState) -> list[tuple[str, str, str]]:
+    """(part, address, SERVING/down) for every part of a saved stack."""
+    rows = [("gateway", state.gateway, "SERVING" if health_serving(state.gateway) else "down")]
+    for i, address in enumerate(state.shards):
+        rows.append((f"shard {i}", address, "SERVING" if health_serving(address) else "down"))
+    host, port = state.triton_grpc.rsplit(":", 1)
+    rows.append(("triton", state.triton_grpc, "up" if port_open(host, int(port)) else "down"))
+    redis_host, redis_port = state.redis_url.split("//")[1].split("/")[0].split(":")
+    rows.append(("redis", state.redis_url, "up" if port_open(redis_host, int(redis_port)) else "down"))
+    return rows
