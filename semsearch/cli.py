@@ -164,6 +164,148 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_repository(args), args.triton_url)
 
 
+# --- the local stack --------------------------------------------------------------------------
+
+
+def _home() -> Path:
+    from services.embedder.config import state_dir
+
+    return state_dir()
+
+
+def _stack_file() -> Path:
+    return _home() / "stack.json"
+
+
+def _gateway_address(args: argparse.Namespace) -> str:
+    import os
+
+    from semsearch.stack import StackState
+
+    if getattr(args, "gateway", None):
+        return args.gateway
+    if os.environ.get("SEMSEARCH_GATEWAY"):
+        return os.environ["SEMSEARCH_GATEWAY"]
+    state = StackState.load(_stack_file())
+    if state is None:
+        raise SystemExit("no gateway: run `semsearch up` or pass --gateway HOST:PORT")
+    return state.gateway
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from semsearch.stack import Stack, StackState, status_of
+    from services.embedder.export import export_models, repository_is_current
+
+    state = StackState.load(_stack_file())
+    if state is not None and status_of(state)[0][2] == "SERVING":
+        print(f"already running: gateway {state.gateway} (semsearch down stops it)")
+        return 0
+    repository = _repository(args)
+    if not repository_is_current(repository):
+        export_models(repository)
+    stack = Stack(_home() / "stack", repository, num_shards=args.shards, gateway_port=args.port)
+    stack.start()
+    state = stack.state()
+    state.save(_stack_file())
+    _print_status(state)
+    return 0
+
+
+def _print_status(state) -> None:
+    from semsearch.stack import status_of
+
+    print(_table(["part", "address", "state"], status_of(state)))
+    metrics = [f"gateway http://127.0.0.1:{state.gateway_metrics}/metrics",
+               f"triton http://127.0.0.1:{state.triton_metrics}/metrics"]  # fmt: skip
+    metrics += [f"shard {i} http://127.0.0.1:{p}/metrics" for i, p in enumerate(state.shard_metrics)]
+    print("metrics: " + ", ".join(metrics))
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from semsearch.stack import stop_saved
+
+    stopped = stop_saved(_stack_file())
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing running")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from semsearch.stack import StackState
+
+    state = StackState.load(_stack_file())
+    if state is None:
+        print("not running (semsearch up starts it)")
+        return 1
+    _print_status(state)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from semsearch.client import SemsearchClient
+    from semsearch.ingest import dataset_items, folder_items, ingest
+
+    if args.dataset:
+        total, items = dataset_items(args.dataset, args.limit)
+        source = args.dataset
+    else:
+        total, items = folder_items(Path(args.folder), args.limit)
+        source = str(Path(args.folder).resolve())
+    state_file = _home() / f"ingest-{args.collection}-{source.replace('/', '_')}.json"
+    if args.restart:
+        state_file.unlink(missing_ok=True)
+    with SemsearchClient(_gateway_address(args), api_key=args.api_key) as client:
+        report = ingest(client, args.collection, source, total, items, state_file=state_file,
+                        batch_size=args.batch)  # fmt: skip
+    print(
+        f"{report.succeeded} ingested, {report.failed} failed, {report.skipped} skipped (already done) "
+        f"in {report.seconds:.1f}s ({report.items_per_s:.0f} items/s)"
+    )
+    for reason, count in report.reasons.most_common(10):
+        print(f"  {count} x {reason}")
+    return 0 if report.failed == 0 else 1
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from semsearch.client import SemsearchClient
+
+    query: dict = {}
+    if args.image:
+        query["image"] = Path(args.image).read_bytes()
+    elif args.text is not None:
+        query["text"] = args.text
+    elif args.id:
+        query["id"] = args.id
+    elif args.vector_file:
+        query["vector"] = np.loadtxt(args.vector_file, dtype=np.float32).reshape(-1)
+    else:
+        raise SystemExit("give one of --image, --text, --id, --vector-file")
+    with SemsearchClient(_gateway_address(args), api_key=args.api_key) as client:
+        response = client.search(args.collection, k=args.k, **query)
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(response, preserving_proto_field_name=True)))
+        return 0
+    rows = [
+        (
+            rank + 1,
+            f"{hit.score:.4f}",
+            hit.id,
+            ", ".join(f"{k}={v[:60]}" for k, v in sorted(hit.metadata.items())),
+        )
+        for rank, hit in enumerate(response.hits)
+    ]
+    print(_table(["#", "score", "id", "metadata"], rows))
+    timings = ", ".join(f"{t.stage} {t.seconds * 1000:.1f}ms" for t in response.timings)
+    print(
+        f"shards {response.shards_answered}/{response.shards_queried}, "
+        f"generations {dict(response.generations)}, cached {response.cached}; {timings}"
+    )
+    return 0
+
+
 # --- indexer ----------------------------------------------------------------------------------
 
 
@@ -303,6 +445,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-name", help="--model-config-name for Triton (default: cpu)")
     p.add_argument("--work-dir", help="folder for the backend links and the server log")
     p.set_defaults(func=cmd_embedder_up)
+
+    p = sub.add_parser(
+        "up",
+        help="start the local stack (tritonserver, redis-server, shards, gateway) in the background",
+        description="Start every part as a real process on 127.0.0.1, wait until each is healthy, "
+        "save the addresses to $SEMSEARCH_HOME/stack.json (default var/) and return. "
+        "`semsearch down` stops it.",
+    )
+    p.add_argument("--shards", type=int, default=2, help="indexer shards (default 2)")
+    p.add_argument("--port", type=int, help="gateway port (default: a free one)")
+    repo_arg(p)
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("down", help="stop the local stack")
+    p.set_defaults(func=cmd_down)
+    p = sub.add_parser("status", help="show the local stack's parts and health")
+    p.set_defaults(func=cmd_status)
+
+    def gateway_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--gateway", help="HOST:PORT (default $SEMSEARCH_GATEWAY or the local stack)")
+        p.add_argument("--api-key", help="sent as x-api-key metadata when the gateway requires one")
+
+    p = sub.add_parser(
+        "ingest",
+        help="load a folder of images/texts or a bundled data set into a collection",
+        description="Stream items to the gateway in batches with a progress bar and a summary. "
+        "Resumable: the number of acknowledged items is saved after each batch and a rerun "
+        "continues from there (--restart starts over).",
+    )
+    p.add_argument("--collection", required=True, help="e.g. images or texts")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=["fashion-mnist", "fortunes"], help="a bundled data set")
+    source.add_argument("--folder", help="images (jpg, png, webp, ...) and .txt files, recursively")
+    p.add_argument("--limit", type=int, help="at most this many items")
+    p.add_argument("--batch", type=int, default=64, help="items per request (default 64)")
+    p.add_argument("--restart", action="store_true", help="ignore saved progress")
+    gateway_arg(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("search", help="search a collection by image, text, stored id or vector")
+    p.add_argument("--collection", required=True)
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", metavar="FILE")
+    query.add_argument("--text")
+    query.add_argument("--id", help="more like this stored item")
+    query.add_argument("--vector-file", metavar="FILE", help="whitespace-separated floats")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="the response as JSON")
+    gateway_arg(p)
+    p.set_defaults(func=cmd_search)
 
     indexer = sub.add_parser("indexer", help="the FAISS index shards: run one, train a collection")
     isub = indexer.add_subparsers(dest="indexer_command", required=True, metavar="ACTION")

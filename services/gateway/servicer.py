@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
+
 import grpc
 import numpy as np
 
 from semsearch.errors import InvalidArgument
 from semsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 from services.gateway.service import GatewayService, Query, UpsertInput
+
+STREAM_WINDOW = 4
 
 
 def _timeout(context: grpc.aio.ServicerContext, default_s: float) -> float:
@@ -79,10 +84,21 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         return await self._upsert(request, _timeout(context, self.default_timeout_s * 6))
 
     async def UpsertStream(self, request_iterator, context: grpc.aio.ServicerContext):
-        # One request at a time: the next is read only after this one is durable, so a fast
-        # client is held back by gRPC flow control instead of filling the gateway's memory.
-        async for request in request_iterator:
-            yield await self._upsert(request, self.default_timeout_s * 6)
+        # Up to STREAM_WINDOW requests are in progress at once (decode, embed and write overlap);
+        # the next request is read only when a slot frees, so a fast client is held back by gRPC
+        # flow control instead of filling the gateway's memory. Responses keep request order.
+        pending: collections.deque[asyncio.Task] = collections.deque()
+        timeout_s = self.default_timeout_s * 6
+        try:
+            async for request in request_iterator:
+                pending.append(asyncio.create_task(self._upsert(request, timeout_s)))
+                if len(pending) >= STREAM_WINDOW:
+                    yield await pending.popleft()
+            while pending:
+                yield await pending.popleft()
+        finally:
+            for task in pending:
+                task.cancel()
 
     async def Delete(
         self, request: search_pb2.DeleteRequest, context: grpc.aio.ServicerContext
