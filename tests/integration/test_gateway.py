@@ -148,11 +148,15 @@ def test_bad_inputs_name_the_field(client):
     got, details = code(collection="images", image=huge.getvalue())
     assert got == grpc.StatusCode.INVALID_ARGUMENT and "decompression bomb" in details
 
-    response = client.upsert(
-        "texts",
-        [Item(id="ok1", text="fine"), Item(id="", text="no id"), Item(id="bad-vec", vector=[1.0] * 3),
-         Item(id="empty", text=""), Item(id="nan", vector=[float("nan")] * 384), Item(id="ok2", text="fine too")],
-    )  # fmt: skip
+    items = [
+        Item(id="ok1", text="fine"),
+        Item(id="", text="no id"),
+        Item(id="bad-vec", vector=[1.0] * 3),
+        Item(id="empty", text=""),
+        Item(id="nan", vector=[float("nan")] * 384),
+        Item(id="ok2", text="fine too"),
+    ]
+    response = client.upsert("texts", items)
     assert [r.ok for r in response.results] == [True, False, False, False, False, True]
     assert "id" in response.results[1].error and "vector" in response.results[2].error
     client.delete("texts", ["ok1", "ok2"])
