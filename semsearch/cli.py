@@ -145,6 +145,25 @@ def cmd_eval_embedder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_gateway(args: argparse.Namespace) -> int:
+    from semsearch.client import SemsearchClient
+    from semsearch.datasets import fashion_mnist
+    from semsearch.evaluate import evaluate_gateway
+
+    train, test = len(fashion_mnist("train").labels), len(fashion_mnist("test").labels)
+    ids = [f"fmnist-train-{i}" for i in range(train)] + [f"fmnist-test-{i}" for i in range(test)]
+    if args.limit:
+        ids = ids[: args.limit]
+    query_ids = ids[-args.queries :]
+    with SemsearchClient(_gateway_address(args), api_key=args.api_key, timeout_s=120) as client:
+        report = evaluate_gateway(client, "images", ids, query_ids)
+    rows = [(key, f"{value:.4f}" if isinstance(value, float) else value) for key, value in report.items()]
+    print(_table(["metric", "value"], rows), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
 def cmd_bench_embedder(args: argparse.Namespace) -> int:
     from services.embedder.bench import bench
     from services.embedder.config import triton_url_from_env
@@ -161,7 +180,7 @@ def cmd_bench_embedder(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from semsearch.demo import run_demo
 
-    return run_demo(_repository(args), args.triton_url)
+    return run_demo(_repository(args), _home(), limit=args.limit, shards=args.shards)
 
 
 # --- the local stack --------------------------------------------------------------------------
@@ -536,8 +555,21 @@ def build_parser() -> argparse.ArgumentParser:
     triton_arg(p)
     p.set_defaults(func=cmd_embed)
 
-    evaluate = sub.add_parser("eval", help="measure quality")
-    evsub = evaluate.add_subparsers(dest="eval_command", required=True, metavar="TARGET")
+    evaluate = sub.add_parser(
+        "eval",
+        help="measure quality (default: the Fashion-MNIST collection served through the gateway)",
+        description="Without a target: search the ingested Fashion-MNIST `images` collection "
+        "through the gateway by id and compare with exact in-process search over the stored "
+        "vectors (precision@10 by label for both, recall@10 of served vs exact). Needs the "
+        "data set ingested (semsearch demo, or semsearch ingest --dataset fashion-mnist).",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the table to stderr, JSON to stdout")
+    evaluate.add_argument("--queries", type=int, default=1000, help="query items (default 1000)")
+    evaluate.add_argument("--limit", type=int, help="only the first N ingested items (partial ingests)")
+    evaluate.add_argument("--gateway", help="HOST:PORT (default $SEMSEARCH_GATEWAY or the local stack)")
+    evaluate.add_argument("--api-key")
+    evaluate.set_defaults(func=cmd_eval_gateway)
+    evsub = evaluate.add_subparsers(dest="eval_command", required=False, metavar="TARGET")
     p = evsub.add_parser(
         "embedder",
         help="precision@10 of served image embeddings on Fashion-MNIST, parity with onnxruntime",
@@ -590,10 +622,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="export models if needed, start Triton, embed real images and texts, show neighbours",
+        help="start the local stack, ingest Fashion-MNIST and the fortunes, show searches",
+        description="Export the models if needed, start the local stack (or reuse a running "
+        "one), ingest the 70,000 Fashion-MNIST images and ~15,000 fortunes (resumable), run "
+        "searches by image, by id and by text, and show where the metrics are. The stack keeps "
+        "running afterwards; `semsearch down` stops it.",
     )
     repo_arg(p)
-    triton_arg(p)
+    p.add_argument("--limit", type=int, help="ingest at most this many items per data set")
+    p.add_argument("--shards", type=int, default=2, help="indexer shards (default 2)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -612,3 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, RuntimeError) as exc:
         log.error("%s", exc)
         return 1
+    except Exception as exc:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+            log.error("%s: %s", exc.code().name, exc.details())
+            return 1
+        raise

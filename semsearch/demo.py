@@ -1,18 +1,13 @@
-"""The main job on a fresh machine: export models, start Triton, embed real data, show neighbours."""
+"""The main job on a fresh machine: the local stack, real data sets ingested, real searches shown."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
-DEMO_IMAGES = 2_000
-DEMO_TEXTS = 3_000
 TEXT_QUERIES = (
     "computers crash and programmers fix bugs",
     "love makes the world go round",
@@ -20,57 +15,65 @@ TEXT_QUERIES = (
 )
 
 
-def run_demo(repository: Path, triton_url: str | None) -> int:
-    from semsearch.datasets import fashion_mnist, fortunes
-    from services.embedder.client import EmbedderClient
-    from services.embedder.evaluate import precision_at_k_loo
-    from services.embedder.export import export_models, repository_is_current
-    from services.embedder.triton import running_triton
+def _show(title: str, response) -> None:
+    print(f"\n{title}")
+    for rank, hit in enumerate(response.hits, 1):
+        meta = (
+            hit.metadata.get("label")
+            or f"[{hit.metadata.get('category', '')}] {hit.metadata.get('text', '')}"
+        )
+        print(f"  {rank}. {hit.score:.3f}  {hit.id:<18} {meta[:90]}")
+    stages = ", ".join(f"{t.stage} {t.seconds * 1000:.1f}ms" for t in response.timings)
+    print(
+        f"  shards {response.shards_answered}/{response.shards_queried}, cached {response.cached}; {stages}"
+    )
 
+
+def run_demo(repository: Path, home: Path, *, limit: int | None = None, shards: int = 2) -> int:
+    from semsearch.client import SemsearchClient
+    from semsearch.datasets import fashion_mnist
+    from semsearch.ingest import dataset_items, ingest
+    from semsearch.stack import Stack, StackState, status_of
+    from services.embedder.export import export_models, repository_is_current
+
+    begin = time.perf_counter()
     if not repository_is_current(repository):
         print(f"Exporting models from packaged weights into {repository} ...", flush=True)
         export_models(repository)
-    images = fashion_mnist("test")
-    corpus = fortunes()
-    step = max(1, len(corpus.texts) // DEMO_TEXTS)
-    texts = corpus.texts[::step][:DEMO_TEXTS]
-    categories = corpus.categories[::step][:DEMO_TEXTS]
-    pngs = [images.png(i) for i in range(DEMO_IMAGES)]
+    state_file = home / "stack.json"
+    state = StackState.load(state_file)
+    if state is None or status_of(state)[0][2] != "SERVING":
+        print("Starting the local stack: tritonserver, redis-server, shards, gateway ...", flush=True)
+        stack = Stack(home / "stack", repository, num_shards=shards).start()
+        state = stack.state()
+        state.save(state_file)
+    print(f"gateway on {state.gateway}")
 
-    async def embed(url: str):
-        async with EmbedderClient(url) as client:
-            t0 = time.perf_counter()
-            image_vectors = await client.embed_images(pngs)
-            t1 = time.perf_counter()
-            text_vectors = await client.embed_texts(texts)
-            t2 = time.perf_counter()
-            queries = await client.embed_texts(list(TEXT_QUERIES))
-            return image_vectors, text_vectors, queries, (t1 - t0, t2 - t1)
-
-    with running_triton(triton_url, repository) as url:
-        print(f"Triton serving on {url}; embedding {DEMO_IMAGES} Fashion-MNIST images and "
-              f"{len(texts)} fortunes ...", flush=True)  # fmt: skip
-        image_vectors, text_vectors, queries, seconds = asyncio.run(embed(url))
-
-    print(f"\nimages: {DEMO_IMAGES} in {seconds[0]:.1f}s ({DEMO_IMAGES / seconds[0]:.0f}/s), "
-          f"model {image_vectors.model_version}, dim {image_vectors.vectors.shape[1]}")  # fmt: skip
-    print(f"texts:  {len(texts)} in {seconds[1]:.1f}s ({len(texts) / seconds[1]:.0f}/s), "
-          f"model {text_vectors.model_version}, dim {text_vectors.vectors.shape[1]}")  # fmt: skip
-    labels = images.labels[:DEMO_IMAGES]
-    p10 = precision_at_k_loo(image_vectors.vectors, labels, 10)
-    print(f"\nImage neighbours (exact cosine), leave-one-out precision@10 = {p10:.3f}:")
-    x = image_vectors.vectors
-    for q in (0, 1, 2, 3):
-        sims = x @ x[q]
-        sims[q] = -np.inf
-        top = np.argsort(-sims)[:5]
-        names = ", ".join(f"{images.classes[labels[i]]} ({sims[i]:.2f})" for i in top)
-        print(f"  #{q} {images.classes[labels[q]]:<12} -> {names}")
-    print("\nText search over the fortunes (exact cosine):")
-    for query, vector in zip(TEXT_QUERIES, queries.vectors):
-        sims = text_vectors.vectors @ vector
-        print(f'  "{query}"')
-        for i in np.argsort(-sims)[:3]:
-            snippet = texts[i] if len(texts[i]) <= 90 else texts[i][:87] + "..."
-            print(f"    {sims[i]:.3f} [{categories[i]}] {snippet}")
+    with SemsearchClient(state.gateway, timeout_s=60) as client:
+        for dataset, collection in (("fashion-mnist", "images"), ("fortunes", "texts")):
+            total, items = dataset_items(dataset, limit)
+            report = ingest(client, collection, dataset, total, items,
+                            state_file=home / f"ingest-{collection}-{dataset}.json")  # fmt: skip
+            print(f"{dataset}: {report.succeeded} ingested, {report.failed} failed, {report.skipped} already "
+                  f"there, {report.items_per_s:.0f} items/s")  # fmt: skip
+        images = fashion_mnist("test")
+        _show(
+            f"Search by image (Fashion-MNIST test image 0, a {images.classes[images.labels[0]]}):",
+            client.search("images", image=images.png(0), k=5),
+        )
+        _show("More like item fmnist-train-1:", client.search("images", id="fmnist-train-1", k=5))
+        for query in TEXT_QUERIES:
+            _show(f'Search by text: "{query}"', client.search("texts", text=query, k=3))
+        again = client.search("texts", text=TEXT_QUERIES[0], k=3)
+        print(f"\nSame text query again: cached {again.cached}, "
+              f"{sum(t.seconds for t in again.timings) * 1000:.1f}ms in the gateway")  # fmt: skip
+        print("\nCollections:")
+        for info in client.collections():
+            print(f"  {info.name}: {info.count} items, dim {info.dim}, index {info.index}, "
+                  f"generations {dict(info.generations)}, model {info.model_version or '-'}")  # fmt: skip
+    print(f"\nMetrics: gateway http://127.0.0.1:{state.gateway_metrics}/metrics, "
+          f"triton http://127.0.0.1:{state.triton_metrics}/metrics, shards "
+          + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in state.shard_metrics))  # fmt: skip
+    print(f"Demo took {time.perf_counter() - begin:.0f}s. The stack keeps running: try")
+    print("  semsearch search --collection texts --text 'your words'     (semsearch down stops it)")
     return 0
