@@ -177,6 +177,22 @@ def cmd_bench_embedder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_gateway(args: argparse.Namespace) -> int:
+    from services.gateway.bench import bench
+
+    rows, summary = bench(
+        _repository(args),
+        images=args.images,
+        texts=args.texts,
+        seconds=args.seconds,
+        clients=args.clients,
+        shards=args.shards,
+    )
+    print(_table(["query", "p50 ms (1 client)", "p99 ms (1 client)", f"QPS ({args.clients} clients)"], rows))
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from semsearch.demo import run_demo
 
@@ -619,6 +635,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recall-target", type=float, default=0.95)
     p.add_argument("--raw-dtype", choices=["float32", "float16"], default="float32")
     p.set_defaults(func=cmd_bench_indexer)
+
+    p = bsub.add_parser(
+        "gateway",
+        help="end-to-end latency and QPS per query kind through the gateway, with floors",
+        description="Start a private local stack, load images and texts, then measure in one run: "
+        "p50/p99 with one client and QPS with many for vector, id, text and image queries "
+        "(caches off), the result-cache hit path, a bare gRPC echo, Redis GET and a shard "
+        "called directly. Prints a table and, last, one JSON object with the ratios.",
+    )
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--texts", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--shards", type=int, default=2)
+    repo_arg(p)
+    p.set_defaults(func=cmd_bench_gateway)
 
     p = sub.add_parser(
         "demo",

@@ -1,0 +1,192 @@
+"""End-to-end latency and throughput through the gateway, with its floors measured in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import redis
+
+from semsearch.client import Item, SemsearchClient
+from semsearch.datasets import fashion_mnist, fortunes
+from semsearch.echo import METHOD as ECHO_METHOD
+from semsearch.procs import ManagedProcess, free_port, port_open
+from semsearch.stack import Stack
+from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc, search_pb2
+
+log = logging.getLogger(__name__)
+
+MAX_CALLS = 20_000
+SEARCH_METHOD = "/semsearch.v1.Search/Search"
+SHARD_METHOD = "/semsearch.v1.Indexer/Search"
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q) * 1000) if values else float("nan")
+
+
+def _single(call: Callable[[int], object], seconds: float) -> list[float]:
+    """Latencies (s) of one client calling call(i) in a loop, bounded by time and count."""
+    for i in range(5):
+        call(i)
+    times = []
+    deadline = time.perf_counter() + seconds
+    for i in range(MAX_CALLS):
+        if time.perf_counter() >= deadline:
+            break
+        begin = time.perf_counter()
+        call(i)
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+async def _concurrent(
+    address: str, method: str, requests: list[bytes], clients: int, seconds: float
+) -> float:
+    """Requests/s of `clients` concurrent callers on one channel, pre-serialised requests."""
+    channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    try:
+        await asyncio.gather(*(call(requests[c % len(requests)], timeout=30) for c in range(clients)))
+        done = 0
+        begin = time.perf_counter()
+        deadline = begin + seconds
+
+        async def loop(c: int) -> None:
+            nonlocal done
+            for j in range(MAX_CALLS // clients):
+                if time.perf_counter() >= deadline:
+                    return
+                await call(requests[(c + j * clients) % len(requests)], timeout=30)
+                done += 1
+
+        await asyncio.gather(*(loop(c) for c in range(clients)))
+        return done / (time.perf_counter() - begin)
+    finally:
+        await channel.close()
+
+
+def bench(
+    repository: Path,
+    *,
+    images: int = 2000,
+    texts: int = 2000,
+    seconds: float = 3.0,
+    clients: int = 32,
+    shards: int = 2,
+) -> tuple[list[tuple[str, ...]], dict]:
+    """Start the local stack, load `images` Fashion-MNIST images and `texts` fortunes, then measure
+    single-client p50/p99 and `clients`-client QPS of vector, id, text and image queries (caches
+    off), the cache-hit path, and the floors: a bare gRPC echo, Redis GET and a shard called
+    directly."""
+    work = Path(tempfile.mkdtemp(prefix="semsearch-bench-gateway-"))
+    stack = Stack(work / "stack", repository, num_shards=shards).start()
+    echo: ManagedProcess | None = None
+    try:
+        client = SemsearchClient(stack.gateway_address, timeout_s=60)
+        data, corpus = fashion_mnist("train"), fortunes()
+        for start in range(0, images, 64):
+            batch = range(start, min(images, start + 64))
+            client.upsert("images", [Item(id=f"img{i}", image=data.png(i)) for i in batch])
+        for start in range(0, texts, 64):
+            batch = range(start, min(texts, start + 64))
+            client.upsert("texts", [Item(id=f"txt{i}", text=corpus.texts[i]) for i in batch])
+        ids = [f"img{i}" for i in range(min(images, 200))]
+        stored = client.get("images", ids, include_vectors=True)
+        vectors = [list(item.vector.values) for item in stored.items]
+        # Queries never seen before, so the embedding cache misses too (the result cache is off).
+        unique_texts = corpus.texts[texts:]
+        unique_images = [data.png(i) for i in range(images, min(len(data.labels), images + 3000))]
+
+        def req(**kwargs) -> search_pb2.SearchRequest:
+            return search_pb2.SearchRequest(k=10, no_cache=True, **kwargs)
+
+        pools = {
+            "vector": [req(collection="images", vector=common_pb2.Vector(values=v)) for v in vectors],
+            "id": [req(collection="images", id=i) for i in ids],
+            "text": [req(collection="texts", text=t) for t in unique_texts],
+            "image": [req(collection="images", image=b) for b in unique_images],
+        }
+        cached_request = search_pb2.SearchRequest(collection="texts", text="a cached query", k=10)
+        client.stub.Search(cached_request)
+        client.stub.Search(cached_request)
+
+        # Floors: echo with the same response size, Redis GET of a similar payload, a shard directly.
+        response_bytes = client.stub.Search(cached_request).SerializeToString()
+        (work / "echo.bin").write_bytes(response_bytes)
+        port = free_port()
+        argv = [sys.executable, "-m", "semsearch.echo", str(port), str(work / "echo.bin")]
+        echo = ManagedProcess("echo", argv, log_path=work / "echo.log")
+        echo.start(lambda: port_open("127.0.0.1", port), 60)
+        echo_channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        echo_call = echo_channel.unary_unary(ECHO_METHOD, request_serializer=None, response_deserializer=None)
+        request_bytes = cached_request.SerializeToString()
+        r = redis.Redis.from_url(stack.redis_url)
+        r.set("bench:payload", response_bytes)
+        shard_stub = indexer_pb2_grpc.IndexerStub(grpc.insecure_channel(stack.shards[0].address))
+        shard_requests = [
+            indexer_pb2.ShardSearchRequest(collection="images", queries=[common_pb2.Vector(values=v)], k=10)
+            for v in vectors
+        ]
+
+        single = {
+            kind: _single(lambda i, p=pool: client.stub.Search(p[i % len(p)]), seconds)
+            for kind, pool in pools.items()
+        }
+        single["cache_hit"] = _single(lambda i: client.stub.Search(cached_request), seconds)
+        single["echo"] = _single(lambda i: echo_call(request_bytes), seconds)
+        single["redis_get"] = _single(lambda i: r.get("bench:payload"), seconds)
+        single["shard_direct"] = _single(
+            lambda i: shard_stub.Search(shard_requests[i % len(shard_requests)]), seconds
+        )
+
+        qps = {}
+        for kind, pool in pools.items():
+            serialized = [p.SerializeToString() for p in pool]
+            qps[kind] = asyncio.run(
+                _concurrent(stack.gateway_address, SEARCH_METHOD, serialized, clients, seconds)
+            )
+        qps["cache_hit"] = asyncio.run(
+            _concurrent(stack.gateway_address, SEARCH_METHOD, [request_bytes], clients, seconds)
+        )
+        qps["echo"] = asyncio.run(
+            _concurrent(f"127.0.0.1:{port}", ECHO_METHOD, [request_bytes], clients, seconds)
+        )
+        shard_bytes = [s.SerializeToString() for s in shard_requests]
+        qps["shard_direct"] = asyncio.run(
+            _concurrent(stack.shards[0].address, SHARD_METHOD, shard_bytes, clients, seconds)
+        )
+    finally:
+        if echo is not None:
+            echo.stop()
+        stack.stop()
+
+    p50 = {k: _pct(v, 50) for k, v in single.items()}
+    p99 = {k: _pct(v, 99) for k, v in single.items()}
+    summary = {
+        "images": images,
+        "texts": texts,
+        "shards": shards,
+        "clients": clients,
+        "seconds_per_measurement": seconds,
+        **{f"p50_ms_{k}": round(v, 3) for k, v in p50.items()},
+        **{f"p99_ms_{k}": round(v, 3) for k, v in p99.items()},
+        **{f"qps_{k}": round(v, 1) for k, v in qps.items()},
+        "cache_hit_p50_ratio": round(p50["cache_hit"] / (p50["echo"] + p50["redis_get"]), 3),
+        "vector_p50_ratio_to_shard": round(p50["vector"] / p50["shard_direct"], 3),
+        "vector_qps_ratio_to_shard": round(qps["vector"] / qps["shard_direct"], 3),
+        "calls_median_per_kind": int(statistics.median(len(v) for v in single.values())),
+    }
+    rows = [
+        (kind, f"{p50[kind]:.2f}", f"{p99[kind]:.2f}", f"{qps[kind]:.0f}" if kind in qps else "-")
+        for kind in ("vector", "id", "text", "image", "cache_hit", "shard_direct", "echo", "redis_get")
+    ]
+    return rows, summary
