@@ -34,7 +34,7 @@ class ShardClient:
     ) -> ShardHits:
         request = indexer_pb2.ShardSearchRequest(
             collection=collection,
-            queries=[common_pb2.Vector(values=q) for q in queries],
+            queries=[common_pb2.Vector(values=q.tolist()) for q in queries],
             k=k,
             nprobe=nprobe,
             recall_target=recall_target,
@@ -52,7 +52,7 @@ class ShardClient:
         timeout: float,
     ) -> int:
         items = [
-            common_pb2.Item(id=i, vector=common_pb2.Vector(values=v), metadata=m)
+            common_pb2.Item(id=i, vector=common_pb2.Vector(values=v.tolist()), metadata=m)
             for i, v, m in zip(ids, vectors, metadata)
         ]
         response = await self._rpc(

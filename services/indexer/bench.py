@@ -11,7 +11,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import asyncio
 import json
 import logging
-import re
 import shutil
 import sys
 import tempfile
@@ -118,11 +117,6 @@ def clustered_vectors(n: int, dim: int, seed: int, clusters: int | None = None) 
 
 def _percentile_ms(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if seconds else float("nan")
-
-
-def _nlist(factory: str) -> int | None:
-    match = re.search(r"IVF(\d+)", factory)
-    return int(match.group(1)) if match else None
 
 
 def _upsert_request(base: np.ndarray, start: int, end: int) -> indexer_pb2.ShardUpsertRequest:
@@ -293,6 +287,23 @@ def _throughput(
     return {name: (len(batches[name]) / max(elapsed[name], 1e-9), batches[name]) for name in names}
 
 
+def _batched_rate(
+    search: Callable[[np.ndarray], object], queries: np.ndarray, batch: int, seconds: float
+) -> float:
+    """Queries/s of search(queries [batch, d]) called back to back on one thread."""
+    search(queries[:batch])
+    done = 0
+    begin = time.perf_counter()
+    for i in range(MAX_CALLS):
+        if time.perf_counter() >= begin + seconds:
+            break
+        start = (i * batch) % len(queries)
+        chunk = queries[start : start + batch]
+        search(chunk)
+        done += len(chunk)
+    return done / (time.perf_counter() - begin)
+
+
 # --- the benchmark ----------------------------------------------------------------------------
 
 
@@ -374,6 +385,7 @@ def bench(
         log.info("training %s on up to %d vectors", factory, config.train_sample)
         report = train_collection([channel], config, seed=seed)
         installed = time.perf_counter()
+        # Includes up to 0.2 s of wait_for_rebuilds' polling interval.
         wait_for_rebuilds([channel], COLLECTION, report["next_generations"], timeout_s=4 * 3600)
         rebuild_seconds = time.perf_counter() - installed
         stats = _collection_stats(stub)
@@ -458,6 +470,11 @@ def bench(
             clients,
             seconds,
         )
+        # The FAISS share of the shard's throughput: the same work on batches of the size the shard
+        # coalesced, back to back in-process.
+        coalesced = rates["shard"][1]
+        floor_batch = max(1, min(queries, round(float(np.mean(coalesced))) if coalesced else 1))
+        inprocess_qps = _batched_rate(inprocess, query_vectors, floor_batch, seconds)
         stats = _collection_stats(stub)
         shard_rss = _rss_anon_mb(shard.process.pid if shard.process else None)
     finally:
@@ -477,6 +494,8 @@ def bench(
     echo_qps = rates["echo"][0]
     qps_ratio = qps / echo_qps
     batch_mean = float(np.mean(batches)) if batches else 0.0
+    # Ceiling when the bare gRPC work and the FAISS work of each request share one core.
+    serial_floor = 1.0 / (1.0 / echo_qps + 1.0 / inprocess_qps)
     bytes_per_vector = stats.index_bytes / n
     bytes_goal = code_size + 8
     bytes_ratio = bytes_per_vector / bytes_goal
@@ -512,6 +531,10 @@ def bench(
         "qps": round(qps, 1),
         "echo_qps": round(echo_qps, 1),
         "qps_ratio": round(qps_ratio, 3),
+        "inprocess_qps": round(inprocess_qps, 1),
+        "inprocess_qps_batch": floor_batch,
+        "serial_floor_qps": round(serial_floor, 1),
+        "qps_ratio_serial_floor": round(qps / serial_floor, 3),
         "batch_size_mean": round(batch_mean, 2),
         "bytes_per_vector": round(bytes_per_vector, 2),
         "bytes_per_vector_goal": bytes_goal,
@@ -560,6 +583,8 @@ def bench(
         (f"echo qps ({clients} clients)", f"{echo_qps:,.0f}", ""),
         ("qps ratio shard / echo", f"{qps_ratio:.3f}", goal("qps_ratio", f">= {GOAL_QPS_RATIO}")),
         ("mean coalesced batch (concurrent)", f"{batch_mean:.1f} queries", ""),
+        (f"in-process FAISS qps (batches of {floor_batch})", f"{inprocess_qps:,.0f}", ""),
+        ("qps ratio shard / serial floor (echo + FAISS on one core)", f"{qps / serial_floor:.3f}", ""),
         (
             "index bytes per vector",
             f"{bytes_per_vector:.1f} (reference {bytes_goal} = {code_size} code + 8 id)",
