@@ -82,6 +82,7 @@ class Collection:
         self.generation = 0
         self.lsn = 0
         self.snapshot_lsn = 0
+        self.snapshot_generation = 0
         self.rebuild_progress = 0.0
         self._rebuild_thread: threading.Thread | None = None
         self.last_rebuild_seconds = 0.0
@@ -122,7 +123,7 @@ class Collection:
             self._alive = np.load(snap / "alive.npy")
             self.slot_of = {item_id: slot for slot, item_id in enumerate(self.ids) if self._alive[slot]}
             self.count = int(self._alive[: manifest["rows"]].sum())
-            self.generation = manifest["generation"]
+            self.generation = self.snapshot_generation = manifest["generation"]
             self.lsn = self.snapshot_lsn = manifest["lsn"]
             self.trained = manifest["trained"]
             if self.trained:
@@ -163,7 +164,8 @@ class Collection:
         """Write index, id map, metadata and log position atomically; drop covered log segments.
         Returns False when nothing changed since the last snapshot."""
         with self._write_lock:
-            if self.lsn == self.snapshot_lsn and (self.directory / "CURRENT").exists():
+            unchanged = self.lsn == self.snapshot_lsn and self.generation == self.snapshot_generation
+            if unchanged and (self.directory / "CURRENT").exists():
                 return False
             self.store.flush()
             name = f"snap-{self.lsn:020d}-{self.generation:06d}"
@@ -196,6 +198,7 @@ class Collection:
             os.replace(self.directory / "CURRENT.tmp", self.directory / "CURRENT")
             _fsync_dir(self.directory)
             self.snapshot_lsn = self.lsn
+            self.snapshot_generation = self.generation
         for old in self.directory.glob("snap-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)

@@ -23,6 +23,10 @@ def train_template(sample: np.ndarray, factory: str) -> faiss.Index:
     ivf = faiss.extract_index_ivf(index)
     # Cluster on the CPU with a bounded sample per centroid: more points add time, not quality.
     ivf.cp.max_points_per_centroid = 256
+    # The factory turns on polysemous training for PQ, which search never uses and which took
+    # most of the training time (31-38 s vs 7.5 s for PQ16 on 19.5k vectors).
+    if hasattr(ivf, "do_polysemous_training"):
+        ivf.do_polysemous_training = False
     index.train(sample)
     return index
 
@@ -122,7 +126,7 @@ def measure_nprobe_table(
 def nprobe_for_recall(table: list[tuple[int, float]], target: float) -> int:
     """The smallest nprobe whose measured recall reaches `target` (the largest measured if none)."""
     for nprobe, recall in sorted(table):
-        if recall >= target:
+        if recall >= target - 1e-6:  # recalls travel as float32
             return nprobe
     return max(n for n, _ in table)
 

@@ -131,6 +131,14 @@ def test_recall_after_training_meets_floor(shards):
     found = np.array([[int(i[1:]) for i in r] for r in ids_of(exhaustive)])
     assert index_ops.recall_at_k(found, truth) >= 0.99
 
+    # The trained index survives a restart even with no write after the rebuild.
+    shard.stop()
+    shards.restart(shard)
+    _, stub = stub_for(shard)
+    again = search(stub, queries)
+    assert again.generation == 1 and again.index == "IVF64,PQ16"
+    assert ids_of(again) == ids_of(response)
+
 
 def test_three_shards_equal_one_shard(shards):
     data = dataset(6_050, seed=1)
