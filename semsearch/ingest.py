@@ -63,10 +63,13 @@ def dataset_items(name: str, limit: int | None = None) -> tuple[int, Iterator[It
     if name == "fortunes":
         corpus = fortunes()
         total = min(len(corpus.texts), limit) if limit else len(corpus.texts)
+        # Shortest first: a batch is padded to its longest text, so similar lengths together
+        # embed about 3x faster than the corpus order.
+        order = sorted(range(total), key=lambda i: len(corpus.texts[i]))
         return total, (
-            Item(id=f"fortune-{i}", text=corpus.texts[i], metadata={"category": corpus.categories[i],
-                                                                    "text": corpus.texts[i][:200]})
-            for i in range(total)
+            Item(id=f"fortune-{i}", text=corpus.texts[i],
+                 metadata={"category": corpus.categories[i], "text": corpus.texts[i][:200]})
+            for i in order
         )  # fmt: skip
     raise ValueError(f"unknown data set {name!r}: one of {', '.join(DATASETS)}")
 
