@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 MAX_K = 1000
 MAX_ID_BYTES = 512
 REBUILD_CHUNK = 65_536
+# The recall table is re-measured on the rebuilt slice with this many stored vectors as queries.
+TABLE_QUERIES = 200
+TABLE_MIN_VECTORS = 5_000
 _UPSERT, _DELETE = b"U", b"D"
 
 
@@ -441,7 +444,8 @@ class Collection:
             log.info("collection %s: rebuilding %s over %d rows", self.name, factory, rows)
             for start in range(0, rows, REBUILD_CHUNK):
                 self._add_rows(template, start, min(start + REBUILD_CHUNK, rows))
-                self.rebuild_progress = min(start + REBUILD_CHUNK, rows) / max(rows, 1)
+                self.rebuild_progress = 0.95 * min(start + REBUILD_CHUNK, rows) / max(rows, 1)
+            table = self._measure_table(template, rows) or table
             with self._write_lock:
                 # Writes that arrived during the rebuild went to the old index and the store.
                 self._add_rows(template, rows, self.store.rows)
@@ -465,6 +469,46 @@ class Collection:
         except Exception:
             log.exception("collection %s: rebuild failed; the previous index keeps serving", self.name)
             self.rebuild_progress = 0.0
+
+    def _measure_table(self, index: faiss.Index, rows: int, k: int = 10) -> list[tuple[int, float]]:
+        """recall@k per nprobe of the rebuilt index over this shard's whole slice, with the default
+        re-rank depth, against exact search over the raw vectors; the queries are stored vectors
+        (each left out of its own results). The coordinator's table comes from a training sample,
+        which is denser per list than the full collection and so optimistic (at 1M vectors it
+        promised 0.967 at nprobe 4 where the index gave 0.949). Empty for small slices."""
+        alive = np.nonzero(self._alive[:rows])[0]
+        if len(alive) < TABLE_MIN_VECTORS:
+            return []
+        rng = np.random.default_rng(self.generation + 1)
+        slots = np.sort(rng.choice(alive, size=TABLE_QUERIES, replace=False))
+        queries = self.store.get(slots)
+        best_scores = np.full((len(slots), k + 1), -np.inf, dtype=np.float32)
+        best_slots = np.full((len(slots), k + 1), -1, dtype=np.int64)
+        for start in range(0, rows, REBUILD_CHUNK):
+            end = min(start + REBUILD_CHUNK, rows)
+            chunk = self.store.get(np.arange(start, end))
+            chunk[~self._alive[start:end]] = 0.0
+            scores, found = index_ops.exact_topk(queries, chunk, k + 1)
+            merged_scores = np.concatenate([best_scores, scores], axis=1)
+            merged_slots = np.concatenate([best_slots, np.where(found >= 0, found + start, -1)], axis=1)
+            order = np.argsort(-merged_scores, axis=1)[:, : k + 1]
+            best_scores = np.take_along_axis(merged_scores, order, axis=1)
+            best_slots = np.take_along_axis(merged_slots, order, axis=1)
+        truth = np.array([[s for s in row if s != q][:k] for row, q in zip(best_slots, slots)])
+        depth = self.config.rerank_depth(k)
+        table = []
+        for nprobe in index_ops.NPROBE_CANDIDATES:
+            if nprobe > index_ops.nlist(index):
+                break
+            index_ops.set_nprobe(index, nprobe)
+            _, candidates = index.search(queries, depth + 1)
+            _, found = index_ops.rerank(queries, candidates, self.store.get, k + 1)
+            found = np.array([[s for s in row if s != q][:k] for row, q in zip(found, slots)])
+            table.append((nprobe, index_ops.recall_at_k(found, truth, k)))
+            if table[-1][1] >= 0.999:
+                break
+        log.info("collection %s: nprobe -> recall@%d on this slice: %s", self.name, k, table)
+        return table
 
     def wait_rebuild(self, timeout: float | None = None) -> None:
         if self._rebuild_thread is not None:
