@@ -78,19 +78,27 @@ async def auto_train(service: GatewayService) -> None:
     from services.indexer.coordinator import train_collection
 
     loop = asyncio.get_running_loop()
+    # Collections this gateway trained: their shards may still be rebuilding (and so still report
+    # "exact") long after the template was installed; training again would waste minutes of CPU.
+    trained: set[str] = set()
     while True:
         await asyncio.sleep(AUTO_TRAIN_INTERVAL_S)
         try:
             infos = await service.list_collections(5.0)
             for info in infos:
                 config = service.collections[info["name"]]
-                untrained = info["index"] == "exact" and info["shards_answered"] == info["shards_total"]
+                untrained = (
+                    info["index"] == "exact"
+                    and info["shards_answered"] == info["shards_total"]
+                    and config.name not in trained
+                )
                 if untrained and info["count"] >= config.train_threshold:
                     log.info("collection %s reached %d vectors: training %s", config.name, info["count"],
                              config.factory)  # fmt: skip
                     channels = [grpc.insecure_channel(s.address, options=[
                         ("grpc.max_send_message_length", 256 << 20)]) for s in service.shards]  # fmt: skip
                     try:
+                        trained.add(config.name)
                         report = await loop.run_in_executor(None, train_collection, channels, config)
                         log.info("collection %s: template installed, rebuilding to generations %s",
                                  config.name, report["next_generations"])  # fmt: skip
