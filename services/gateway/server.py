@@ -102,6 +102,9 @@ async def auto_train(service: GatewayService) -> None:
                         report = await loop.run_in_executor(None, train_collection, channels, config)
                         log.info("collection %s: template installed, rebuilding to generations %s",
                                  config.name, report["next_generations"])  # fmt: skip
+                    except Exception:
+                        trained.discard(config.name)  # try again at the next check
+                        raise
                     finally:
                         for channel in channels:
                             channel.close()
