@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist fortunes redis-server)
+# prometheus: promtool checks deploy/prometheus/ (tests/unit/test_deploy.py).
+APT_PACKAGES=(dataset-fashion-mnist fortunes redis-server prometheus)
 PYTHON="${PYTHON:-python3}"
 
 missing=()
@@ -21,6 +22,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The Debian redis-server package starts a system instance on :6379; semsearch runs its own.
+# The prometheus package may start a system service on :9090 (only where systemd runs).
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv with $("$PYTHON" --version)"
