@@ -238,7 +238,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     repository = _repository(args)
     if not repository_is_current(repository):
         export_models(repository)
-    stack = Stack(_home() / "stack", repository, num_shards=args.shards, gateway_port=args.port)
+    stack = Stack(
+        _home() / "stack",
+        repository,
+        num_shards=args.shards,
+        gateway_port=args.port,
+        with_prometheus=args.with_prometheus,
+    )
     stack.start()
     state = stack.state()
     state.save(_stack_file())
@@ -254,6 +260,8 @@ def _print_status(state) -> None:
                f"triton http://127.0.0.1:{state.triton_metrics}/metrics"]  # fmt: skip
     metrics += [f"shard {i} http://127.0.0.1:{p}/metrics" for i, p in enumerate(state.shard_metrics)]
     print("metrics: " + ", ".join(metrics))
+    if state.prometheus:
+        print(f"prometheus: {state.prometheus} (rules from deploy/prometheus/rules.yml)")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -490,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shards", type=int, default=2, help="indexer shards (default 2)")
     p.add_argument("--port", type=int, help="gateway port (default: a free one)")
+    p.add_argument(
+        "--with-prometheus",
+        action="store_true",
+        help="also run a local Prometheus (Debian package) with deploy/prometheus/rules.yml",
+    )
     repo_arg(p)
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("down", help="stop the local stack")

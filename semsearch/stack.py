@@ -16,6 +16,8 @@ from services.indexer.launcher import ShardProcess, health_serving
 
 log = logging.getLogger(__name__)
 
+PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+
 
 @dataclass
 class StackState:
@@ -29,6 +31,7 @@ class StackState:
     shards: list[str]
     shard_metrics: list[int]
     triton_shm_prefix: str = ""
+    prometheus: str = ""
     pids: dict[str, int] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
@@ -62,6 +65,7 @@ class Stack:
         gateway_port: int | None = None,
         env: dict[str, str] | None = None,
         collections_file: Path | None = None,
+        with_prometheus: bool = False,
     ) -> None:
         self.home = Path(home).resolve()
         self.model_repository = Path(model_repository)
@@ -75,6 +79,9 @@ class Stack:
         self.shards: list[ShardProcess] = []
         self.gateway: ManagedProcess | None = None
         self.gateway_metrics_port = free_port()
+        self.with_prometheus = with_prometheus
+        self.prometheus: ManagedProcess | None = None
+        self.prometheus_port = 0
 
     @property
     def gateway_address(self) -> str:
@@ -143,6 +150,57 @@ class Stack:
         )
         self.gateway.start(lambda: health_serving(self.gateway_address), 120)
 
+    def prometheus_config(self, scrape_interval_s: int = 2) -> dict:
+        """The scrape config of deploy/prometheus/prometheus.yml (same job names, same rules file)
+        pointed at this stack's local ports. JSON is YAML, so no YAML library is needed."""
+        shard_targets = [
+            {"targets": [f"127.0.0.1:{s.metrics_port}"], "labels": {"shard": str(i)}}
+            for i, s in enumerate(self.shards)
+        ]
+
+        def job(name: str, static_configs: list[dict]) -> dict:
+            return {"job_name": name, "static_configs": static_configs}
+
+        interval = f"{scrape_interval_s}s"
+        return {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "rule_files": [str(PROMETHEUS_DIR / "rules.yml")],
+            "scrape_configs": [
+                job("semsearch-gateway", [{"targets": [f"127.0.0.1:{self.gateway_metrics_port}"]}]),
+                job("semsearch-indexer", shard_targets),
+                job("triton", [{"targets": [f"127.0.0.1:{self.triton.ports.metrics}"]}]),
+            ],
+        }
+
+    def start_prometheus(self) -> None:
+        """A real Prometheus (Debian package `prometheus`) scraping this stack with the alert rules
+        of deploy/prometheus, so the dashboard's queries can be checked without containers."""
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise FileNotFoundError(
+                "prometheus not found: install the Debian package prometheus (scripts/setup.sh)"
+            )
+        config = self.home / "prometheus.yml"
+        config.write_text(json.dumps(self.prometheus_config(), indent=2))
+        self.prometheus_port = self.prometheus_port or free_port()
+        self.prometheus = ManagedProcess(
+            "prometheus",
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={self.home / 'prometheus-data'}",
+             f"--web.listen-address=127.0.0.1:{self.prometheus_port}", "--log.level=warn"],
+            log_path=self.home / "prometheus.log",
+        )  # fmt: skip
+        self.prometheus.start(self._prometheus_ready, 60)
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    def _prometheus_ready(self) -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.prometheus_url}/-/ready", timeout=1) as response:
+            return response.status == 200
+
     def start(self) -> Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         try:
@@ -151,6 +209,8 @@ class Stack:
             for i in range(self.num_shards):
                 self.start_shard(i)
             self.start_gateway()
+            if self.with_prometheus:
+                self.start_prometheus()
         except BaseException:
             self.stop()
             raise
@@ -158,6 +218,8 @@ class Stack:
 
     def state(self) -> StackState:
         pids = {"redis": self.redis.pid, "triton": self.triton.pid, "gateway": self.gateway.pid}
+        if self.prometheus is not None:
+            pids["prometheus"] = self.prometheus.pid
         pids.update({f"shard-{i}": s.process.pid for i, s in enumerate(self.shards)})
         return StackState(
             gateway=self.gateway_address,
@@ -168,10 +230,13 @@ class Stack:
             shards=[s.address for s in self.shards],
             shard_metrics=[s.metrics_port for s in self.shards],
             triton_shm_prefix=self.triton.shm_prefix,
+            prometheus=self.prometheus_url if self.prometheus is not None else "",
             pids={k: v for k, v in pids.items() if v},
         )
 
     def stop(self) -> None:
+        if self.prometheus:
+            self.prometheus.stop()
         if self.gateway:
             self.gateway.stop()
         for shard in self.shards:
@@ -187,7 +252,13 @@ def stop_saved(path: Path) -> list[str]:
     state = StackState.load(path)
     if state is None:
         return []
-    order = ["gateway", *sorted(k for k in state.pids if k.startswith("shard-")), "triton", "redis"]
+    order = [
+        "prometheus",
+        "gateway",
+        *sorted(k for k in state.pids if k.startswith("shard-")),
+        "triton",
+        "redis",
+    ]
     stopped = []
     for name in order:
         pid = state.pids.get(name)
@@ -209,4 +280,7 @@ def status_of(state: StackState) -> list[tuple[str, str, str]]:
     rows.append(("triton", state.triton_grpc, "up" if port_open(host, int(port)) else "down"))
     redis_host, redis_port = state.redis_url.split("//")[1].split("/")[0].split(":")
     rows.append(("redis", state.redis_url, "up" if port_open(redis_host, int(redis_port)) else "down"))
+    if state.prometheus:
+        prom_port = int(state.prometheus.rsplit(":", 1)[1])
+        rows.append(("prometheus", state.prometheus, "up" if port_open("127.0.0.1", prom_port) else "down"))
     return rows

@@ -56,6 +56,8 @@ class GatewaySettings:
             default_deadline_s=float(env.get("SEMSEARCH_DEFAULT_DEADLINE_S", "5")),
             embedding_ttl_s=int(env.get("SEMSEARCH_EMBEDDING_TTL_S", str(24 * 3600))),
             result_ttl_s=int(env.get("SEMSEARCH_RESULT_TTL_S", "300")),
+            cache_max_result_bytes=int(env.get("SEMSEARCH_CACHE_MAX_RESULT_BYTES", str(256 * 1024))),
+            max_message_bytes=int(env.get("SEMSEARCH_GATEWAY_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
             redis_timeout_s=float(env.get("SEMSEARCH_REDIS_TIMEOUT_S", "0.05")),
             api_keys=keys,
             tls_cert=env.get("SEMSEARCH_TLS_CERT") or None,
