@@ -26,6 +26,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def is_bind_error(exc: BaseException) -> bool:
+    """True when a StartupError's log tail says the process could not bind its port."""
+    text = str(exc).lower()
+    return any(
+        m in text for m in ("failed to bind", "already in use", "cannot bind", "could not create server tcp")
+    )
+
+
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:

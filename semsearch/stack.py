@@ -10,12 +10,20 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from semsearch.procs import ManagedProcess, free_port, port_open, stop_process_group
+from semsearch.procs import (
+    ManagedProcess,
+    StartupError,
+    free_port,
+    is_bind_error,
+    port_open,
+    stop_process_group,
+)
 from services.embedder.triton import TritonPorts, TritonServer
 from services.indexer.launcher import ShardProcess, health_serving
 
 log = logging.getLogger(__name__)
 
+BIND_ATTEMPTS = 3
 PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 
 
@@ -70,7 +78,8 @@ class Stack:
         self.home = Path(home).resolve()
         self.model_repository = Path(model_repository)
         self.num_shards = num_shards
-        self.gateway_port = gateway_port or free_port()
+        self.fixed_gateway_port = gateway_port
+        self.gateway_port = gateway_port or 0
         self.env = env or {}
         self.collections_file = collections_file
         self.triton: TritonServer | None = None
@@ -78,7 +87,7 @@ class Stack:
         self.redis_port = 0
         self.shards: list[ShardProcess] = []
         self.gateway: ManagedProcess | None = None
-        self.gateway_metrics_port = free_port()
+        self.gateway_metrics_port = 0
         self.with_prometheus = with_prometheus
         self.prometheus: ManagedProcess | None = None
         self.prometheus_port = 0
@@ -92,7 +101,17 @@ class Stack:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def start_redis(self) -> None:
-        self.redis_port = self.redis_port or free_port()
+        first = not self.redis_port
+        for attempt in range(BIND_ATTEMPTS):
+            self.redis_port = free_port() if first else self.redis_port
+            try:
+                self._start_redis_once()
+                return
+            except StartupError as exc:
+                if not first or attempt == BIND_ATTEMPTS - 1 or not is_bind_error(exc):
+                    raise
+
+    def _start_redis_once(self) -> None:
         self.redis = ManagedProcess(
             "redis-server",
             [
@@ -117,9 +136,16 @@ class Stack:
         self.redis.start(lambda: port_open("127.0.0.1", self.redis_port), 30)
 
     def start_triton(self) -> None:
-        ports = self.triton.ports if self.triton else TritonPorts.free()
-        self.triton = TritonServer(self.model_repository, work_dir=self.home / "triton", ports=ports)
-        self.triton.start()
+        first = self.triton is None
+        for attempt in range(BIND_ATTEMPTS):
+            ports = TritonPorts.free() if first else self.triton.ports
+            self.triton = TritonServer(self.model_repository, work_dir=self.home / "triton", ports=ports)
+            try:
+                self.triton.start()
+                return
+            except StartupError as exc:
+                if not first or attempt == BIND_ATTEMPTS - 1 or not is_bind_error(exc):
+                    raise
 
     def start_shard(self, i: int) -> ShardProcess:
         if i < len(self.shards):
@@ -131,6 +157,20 @@ class Stack:
         return shard
 
     def start_gateway(self) -> None:
+        # Ports are picked right before the start, and picked again if another process took one
+        # in between (a free port can become some connection's ephemeral port at any time).
+        for attempt in range(BIND_ATTEMPTS):
+            self.gateway_port = self.fixed_gateway_port or free_port()
+            self.gateway_metrics_port = free_port()
+            try:
+                self._start_gateway_once()
+                return
+            except StartupError as exc:
+                if attempt == BIND_ATTEMPTS - 1 or not is_bind_error(exc):
+                    raise
+                log.warning("gateway could not bind its ports, retrying with others")
+
+    def _start_gateway_once(self) -> None:
         env = dict(os.environ)
         env.update(
             SEMSEARCH_SHARDS=",".join(s.address for s in self.shards),

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from semsearch.procs import ManagedProcess, free_port
+from semsearch.procs import ManagedProcess, StartupError, free_port, is_bind_error
 from services.indexer.config import CollectionConfig
 
 
@@ -42,12 +42,25 @@ class ShardProcess:
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 120.0
     process: ManagedProcess | None = None
+    started_once: bool = False
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def start(self) -> ShardProcess:
+        """Start and wait for SERVING. On the first start, ports another process grabbed in the
+        meantime are replaced and the start retried; a restart keeps its address (peers know it)."""
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except StartupError as exc:
+                if self.started_once or attempt == 2 or not is_bind_error(exc):
+                    raise
+                self.port, self.metrics_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> ShardProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(
@@ -72,6 +85,7 @@ class ShardProcess:
             env=env,
         )
         self.process.start(lambda: health_serving(self.address), self.startup_timeout)
+        self.started_once = True
         return self
 
     def stop(self, grace: float = 20.0) -> None:
