@@ -133,10 +133,13 @@ async def serve(
     load: Callable[[], Awaitable[None]],
     close: Callable[[], Awaitable[None]],
     grace_s: float = 10.0,
+    health_check: Callable[[], Awaitable[bool]] | None = None,
+    health_interval_s: float = 2.0,
 ) -> None:
     """Start `server` on `address` with the standard health service (NOT_SERVING until `load()`
-    finished, then SERVING) and reflection; on SIGTERM/SIGINT enter graceful shutdown, stop with
-    `grace_s` for in-flight calls, then `close()`."""
+    finished, then SERVING) and reflection; with `health_check`, the status follows it every
+    `health_interval_s` afterwards. On SIGTERM/SIGINT enter graceful shutdown, stop with `grace_s`
+    for in-flight calls, then `close()`."""
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -157,7 +160,30 @@ async def serve(
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("SERVING on %s", address)
+
+    async def follow_health() -> None:
+        serving = True
+        while True:
+            await asyncio.sleep(health_interval_s)
+            try:
+                ok = await health_check()
+            except Exception:
+                ok = False
+            if ok != serving:
+                serving = ok
+                log.warning("health: %s", "SERVING" if ok else "NOT_SERVING (a dependency is down)")
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in ("", *service_names):
+                    await health_servicer.set(name, status)
+
+    watcher = asyncio.create_task(follow_health()) if health_check is not None else None
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("shutting down: draining in-flight calls for up to %.0fs", grace_s)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)

@@ -29,6 +29,8 @@ class GatewaySettings:
     result_ttl_s: int = 300
     cache_max_result_bytes: int = 256 * 1024
     redis_timeout_s: float = 0.05
+    # Health is SERVING when Triton is ready and at least this many shards answer (0: all).
+    min_serving_shards: int = 0
     api_keys: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -59,6 +61,7 @@ class GatewaySettings:
             cache_max_result_bytes=int(env.get("SEMSEARCH_CACHE_MAX_RESULT_BYTES", str(256 * 1024))),
             max_message_bytes=int(env.get("SEMSEARCH_GATEWAY_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
             redis_timeout_s=float(env.get("SEMSEARCH_REDIS_TIMEOUT_S", "0.05")),
+            min_serving_shards=int(env.get("SEMSEARCH_MIN_SERVING_SHARDS", "0")),
             api_keys=keys,
             tls_cert=env.get("SEMSEARCH_TLS_CERT") or None,
             tls_key=env.get("SEMSEARCH_TLS_KEY") or None,

@@ -149,4 +149,4 @@ async def run(settings: GatewaySettings) -> None:
         settings.redis_url,
     )
     service_name = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
-    await serve(server, address, [service_name], load=load, close=close)
+    await serve(server, address, [service_name], load=load, close=close, health_check=service.ready)

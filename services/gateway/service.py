@@ -422,11 +422,11 @@ class GatewayService:
         return out
 
     async def ready(self) -> bool:
-        """Triton ready and every shard answering Stats."""
+        """Triton ready and enough shards answering Stats (`min_serving_shards`, default all)."""
         if not await self.embedder.ready():
             return False
         gathered = await gather_shards(self.shards, lambda s, c: c.stats(1.0), 1.0)
-        return len(gathered.answers) == len(self.shards)
+        return len(gathered.answers) >= (self.settings.min_serving_shards or len(self.shards))
 
 
 def _encode_result(result: SearchResult) -> bytes:

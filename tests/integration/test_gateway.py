@@ -13,6 +13,7 @@ from PIL import Image
 from semsearch.client import Item, SemsearchClient
 from semsearch.datasets import fashion_mnist, fortunes
 from semsearch.stack import Stack
+from services.indexer.launcher import health_serving
 
 pytestmark = pytest.mark.integration
 
@@ -213,6 +214,17 @@ def test_triton_down_vector_and_id_still_work(fresh_stack):
     with pytest.raises(grpc.RpcError) as info:
         client.search("images", image=fashion_mnist("test").png(999), k=3)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Health follows: NOT_SERVING while Triton is down, SERVING again once it is back.
+    deadline = time.monotonic() + 15
+    while health_serving(fresh_stack.gateway_address) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not health_serving(fresh_stack.gateway_address)
+    fresh_stack.start_triton()
+    deadline = time.monotonic() + 20
+    while not health_serving(fresh_stack.gateway_address) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert health_serving(fresh_stack.gateway_address)
+    assert client.search("texts", text="back again", k=3).shards_answered == 2
 
 
 def test_api_key_required_when_configured(model_repository, tmp_path):
