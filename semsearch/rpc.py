@@ -4,6 +4,7 @@ times every RPC, and the serve loop with health, reflection and graceful shutdow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import signal
@@ -16,6 +17,40 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
+
+
+def _wrap(handler: grpc.RpcMethodHandler | None, guard) -> grpc.RpcMethodHandler | None:
+    """A handler of the same kind as `handler` whose every call runs inside `async with
+    guard(context)`; the guard may time, count, reject (abort before entering) or map errors."""
+    if handler is None:
+        return None
+
+    def unary(inner):
+        async def call(request, context):
+            async with guard(context):
+                return await inner(request, context)
+
+        return call
+
+    def streaming(inner):
+        async def call(request, context):
+            async with guard(context):
+                async for response in inner(request, context):
+                    yield response
+
+        return call
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
+    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -39,82 +74,28 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return None
 
     async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        interceptor = self
 
-        async def fail(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
-            code = interceptor._code_for(exc)
-            if code is None:
-                log.exception("%s failed", method)
-                code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
-            else:
-                message = str(exc)
-            interceptor.rejected.labels(method, code.name).inc()
-            await context.abort(code, message)
+        @contextlib.asynccontextmanager
+        async def guard(context: grpc.aio.ServicerContext):
+            begin = time.perf_counter()
+            try:
+                yield
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                code = self._code_for(exc)
+                if code is None:
+                    log.exception("%s failed", method)
+                    code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+                else:
+                    message = str(exc)
+                self.rejected.labels(method, code.name).inc()
+                await context.abort(code, message)
+            finally:
+                self.request_seconds.labels(method).observe(time.perf_counter() - begin)
 
-        if handler.unary_unary:
-            inner = handler.unary_unary
-
-            async def unary_unary(request, context):
-                begin = time.perf_counter()
-                try:
-                    return await inner(request, context)
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    await fail(exc, context)
-                finally:
-                    interceptor.request_seconds.labels(method).observe(time.perf_counter() - begin)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
-
-            async def unary_stream(request, context):
-                begin = time.perf_counter()
-                try:
-                    async for response in inner_stream(request, context):
-                        yield response
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    await fail(exc, context)
-                finally:
-                    interceptor.request_seconds.labels(method).observe(time.perf_counter() - begin)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            inner_bidi = handler.stream_stream
-
-            async def stream_stream(request_iterator, context):
-                begin = time.perf_counter()
-                try:
-                    async for response in inner_bidi(request_iterator, context):
-                        yield response
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    await fail(exc, context)
-                finally:
-                    interceptor.request_seconds.labels(method).observe(time.perf_counter() - begin)
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return _wrap(await continuation(handler_call_details), guard)
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -210,8 +191,13 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if any(hmac.compare_digest(given_bytes, key) for key in self.keys):
             return await continuation(handler_call_details)
         self.rejected.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()
-        handler = await continuation(handler_call_details)
-        return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-api-key metadata")
+
+        @contextlib.asynccontextmanager
+        async def deny(context: grpc.aio.ServicerContext):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-api-key metadata")
+            yield
+
+        return _wrap(await continuation(handler_call_details), deny)
 
 
 class InFlightLimiter(grpc.aio.ServerInterceptor):
@@ -226,75 +212,20 @@ class InFlightLimiter(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(ApiKeyInterceptor.OPEN_PREFIXES):
+        if method.startswith(ApiKeyInterceptor.OPEN_PREFIXES):
             return handler
-        limiter = self
 
-        def wrap(inner, streaming: bool):
-            async def unary(request, context):
-                if limiter.in_flight >= limiter.limit:
-                    limiter.rejected.labels(method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED").inc()
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {limiter.limit} in flight"
-                    )
-                limiter.in_flight += 1
-                limiter.gauge.set(limiter.in_flight)
-                try:
-                    return await inner(request, context)
-                finally:
-                    limiter.in_flight -= 1
-                    limiter.gauge.set(limiter.in_flight)
+        @contextlib.asynccontextmanager
+        async def limit(context: grpc.aio.ServicerContext):
+            if self.in_flight >= self.limit:
+                self.rejected.labels(method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED").inc()
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {self.limit} in flight")
+            self.in_flight += 1
+            self.gauge.set(self.in_flight)
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+                self.gauge.set(self.in_flight)
 
-            async def stream(request, context):
-                if limiter.in_flight >= limiter.limit:
-                    limiter.rejected.labels(method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED").inc()
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {limiter.limit} in flight"
-                    )
-                limiter.in_flight += 1
-                limiter.gauge.set(limiter.in_flight)
-                try:
-                    async for response in inner(request, context):
-                        yield response
-                finally:
-                    limiter.in_flight -= 1
-                    limiter.gauge.set(limiter.in_flight)
-
-            return stream if streaming else unary
-
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **kwargs)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **kwargs)
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **kwargs)
-        return handler
-
-
-def _deny(handler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler | None:
-    """A handler of the same kind as `handler` that rejects every call."""
-    if handler is None:
-        return None
-
-    async def deny(request, context):
-        await context.abort(code, message)
-
-    async def deny_stream(request, context):
-        await context.abort(code, message)
-        yield  # an async generator, as streaming handlers must be
-
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)
+        return _wrap(handler, limit)

@@ -510,10 +510,6 @@ class Collection:
         log.info("collection %s: nprobe -> recall@%d on this slice: %s", self.name, k, table)
         return table
 
-    def wait_rebuild(self, timeout: float | None = None) -> None:
-        if self._rebuild_thread is not None:
-            self._rebuild_thread.join(timeout)
-
     def index_bytes(self) -> int:
         """Memory of the serving index (the flat copy of all rows before training)."""
         if self.trained:
