@@ -75,7 +75,8 @@ def test_every_query_kind(client):
 
     by_id = client.search("images", id="img3", k=5)
     assert "img3" not in [h.id for h in by_id.hits] and len(by_id.hits) == 5
-    assert [h.id for h in by_id.hits] == [h.id for h in by_image.hits[1:6]][:5] or labels_of(by_id)
+    # The stored vector of img3 is its image embedding: "more like img3" is the image search minus img3.
+    assert [h.id for h in by_id.hits[:4]] == [h.id for h in by_image.hits[1:5]]
 
     text = fortunes().texts[50 * 7]
     by_text = client.search("texts", text=text, k=3)
