@@ -146,7 +146,6 @@ def cmd_eval_embedder(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_gateway(args: argparse.Namespace) -> int:
-    from semsearch.client import SemsearchClient
     from semsearch.datasets import fashion_mnist
     from semsearch.evaluate import evaluate_gateway
 
@@ -155,7 +154,7 @@ def cmd_eval_gateway(args: argparse.Namespace) -> int:
     if args.limit:
         ids = ids[: args.limit]
     query_ids = ids[-args.queries :]
-    with SemsearchClient(_gateway_address(args), api_key=args.api_key, timeout_s=120) as client:
+    with _client(args, timeout_s=120) as client:
         report = evaluate_gateway(client, "images", ids, query_ids)
     rows = [(key, f"{value:.4f}" if isinstance(value, float) else value) for key, value in report.items()]
     print(_table(["metric", "value"], rows), file=sys.stderr if args.json else sys.stdout)
@@ -227,6 +226,13 @@ def _gateway_address(args: argparse.Namespace) -> str:
     return state.gateway
 
 
+def _client(args: argparse.Namespace, timeout_s: float = 30.0):
+    from semsearch.client import SemsearchClient
+
+    tls_ca = getattr(args, "tls_ca", None)
+    return SemsearchClient(_gateway_address(args), api_key=args.api_key, timeout_s=timeout_s, tls_ca=tls_ca)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from semsearch.stack import Stack, StackState, status_of
     from services.embedder.export import export_models, repository_is_current
@@ -284,7 +290,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from semsearch.client import SemsearchClient
     from semsearch.ingest import dataset_items, folder_items, ingest
 
     if args.dataset:
@@ -296,7 +301,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     state_file = _home() / f"ingest-{args.collection}-{source.replace('/', '_')}.json"
     if args.restart:
         state_file.unlink(missing_ok=True)
-    with SemsearchClient(_gateway_address(args), api_key=args.api_key) as client:
+    with _client(args) as client:
         report = ingest(client, args.collection, source, total, items, state_file=state_file,
                         batch_size=args.batch)  # fmt: skip
     print(
@@ -311,8 +316,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from semsearch.client import SemsearchClient
-
     query: dict = {}
     if args.image:
         query["image"] = Path(args.image).read_bytes()
@@ -324,7 +327,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         query["vector"] = np.loadtxt(args.vector_file, dtype=np.float32).reshape(-1)
     else:
         raise SystemExit("give one of --image, --text, --id, --vector-file")
-    with SemsearchClient(_gateway_address(args), api_key=args.api_key) as client:
+    with _client(args) as client:
         response = client.search(args.collection, k=args.k, **query)
     if args.json:
         from google.protobuf.json_format import MessageToDict
@@ -513,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     def gateway_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--gateway", help="HOST:PORT (default $SEMSEARCH_GATEWAY or the local stack)")
         p.add_argument("--api-key", help="sent as x-api-key metadata when the gateway requires one")
+        p.add_argument("--tls-ca", metavar="PEM", help="CA certificate of a TLS gateway (default: plaintext)")
 
     p = sub.add_parser(
         "ingest",
@@ -597,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="only the first N ingested items (partial ingests)")
     evaluate.add_argument("--gateway", help="HOST:PORT (default $SEMSEARCH_GATEWAY or the local stack)")
     evaluate.add_argument("--api-key")
+    evaluate.add_argument("--tls-ca", metavar="PEM", help="CA certificate of a TLS gateway")
     evaluate.set_defaults(func=cmd_eval_gateway)
     evsub = evaluate.add_subparsers(dest="eval_command", required=False, metavar="TARGET")
     p = evsub.add_parser(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -35,14 +36,21 @@ class Item:
 class SemsearchClient:
     """Synchronous client; raises grpc.RpcError with the server's status code and message."""
 
-    def __init__(self, address: str, *, api_key: str | None = None, timeout_s: float = 30.0) -> None:
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.max_receive_message_length", 64 << 20),
-            ],
-        )
+    def __init__(
+        self,
+        address: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        tls_ca: str | Path | None = None,
+    ) -> None:
+        """`tls_ca`: a PEM file of the CA that signed the gateway's certificate (TLS); None: plaintext."""
+        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        if tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+            self.channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
         self.stub = search_pb2_grpc.SearchStub(self.channel)
         self.metadata = (("x-api-key", api_key),) if api_key else ()
         self.timeout_s = timeout_s

@@ -1,5 +1,6 @@
-"""gRPC plumbing shared by the services: an interceptor that maps domain errors to status codes and
-times every RPC, and the serve loop with health, reflection and graceful shutdown."""
+"""gRPC plumbing shared by the services: interceptors (API keys, in-flight limit, error mapping with
+per-method metrics), channel options, health probing and the serve loop with liveness, readiness,
+reflection and graceful shutdown."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import hmac
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,33 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
+
+# Paths every server leaves open: probes and grpcurl discovery work without an API key.
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Label value for a method the server does not serve: metric labels stay a small fixed set whatever
+# names callers invent.
+UNKNOWN_METHOD = "unknown"
+
+# Client channels: large messages, and reconnect within a second of a peer coming back (the gRPC
+# default backoff grows to 2 minutes).
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+
+def method_names(descriptors: Iterable) -> frozenset[str]:
+    """The short method names of protobuf service descriptors (for metric labels)."""
+    return frozenset(m.name for d in descriptors for m in d.methods)
+
+
+def _short(method: str, known: frozenset[str]) -> str:
+    name = method.rsplit("/", 1)[-1]
+    return name if name in known else UNKNOWN_METHOD
 
 
 def _wrap(handler: grpc.RpcMethodHandler | None, guard) -> grpc.RpcMethodHandler | None:
@@ -53,19 +81,43 @@ def _wrap(handler: grpc.RpcMethodHandler | None, guard) -> grpc.RpcMethodHandler
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
 
 
+def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind that aborts at once without parsing the request: no deserializer, so
+    the body stays raw bytes, and streamed requests are never read."""
+
+    async def unary(request, context):
+        await context.abort(code, message)
+
+    async def streaming(request, context):
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    serializer = {"response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, **serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming, **serializer)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, **serializer)
+    return grpc.stream_stream_rpc_method_handler(streaming, **serializer)
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns domain exceptions into gRPC statuses (message included) and records per-method latency
-    and rejections, so servicer bodies contain neither."""
+    and rejections, so servicer bodies contain neither. Anything unmapped is INTERNAL with a generic
+    message; the details go to the log only."""
 
     def __init__(
         self,
         codes: dict[type[BaseException], grpc.StatusCode],
         request_seconds: Histogram,
         rejected: Counter,
+        methods: frozenset[str],
     ) -> None:
         self.codes = codes
         self.request_seconds = request_seconds
         self.rejected = rejected
+        self.methods = methods
 
     def _code_for(self, exc: BaseException) -> grpc.StatusCode | None:
         for kind, code in self.codes.items():
@@ -74,7 +126,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return None
 
     async def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        method = _short(handler_call_details.method, self.methods)
 
         @contextlib.asynccontextmanager
         async def guard(context: grpc.aio.ServicerContext):
@@ -87,7 +139,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 code = self._code_for(exc)
                 if code is None:
                     log.exception("%s failed", method)
-                    code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+                    code, message = grpc.StatusCode.INTERNAL, "internal error (the server logged the details)"
                 else:
                     message = str(exc)
                 self.rejected.labels(method, code.name).inc()
@@ -98,12 +150,89 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return _wrap(await continuation(handler_call_details), guard)
 
 
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Requires metadata `x-api-key` to match one of `keys` (constant-time compare), checked from the
+    call's metadata before the request body is parsed; health and reflection stay open."""
+
+    def __init__(self, keys: Sequence[str], rejected: Counter, methods: frozenset[str]) -> None:
+        self.keys = [k.encode() for k in keys]
+        self.rejected = rejected
+        self.methods = methods
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if not self.keys or method.startswith(OPEN_PREFIXES):
+            return await continuation(handler_call_details)
+        given = dict(handler_call_details.invocation_metadata or ()).get("x-api-key", "")
+        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+        if any(hmac.compare_digest(given_bytes, key) for key in self.keys):
+            return await continuation(handler_call_details)
+        self.rejected.labels(_short(method, self.methods), "UNAUTHENTICATED").inc()
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-api-key metadata")
+
+
+class InFlightLimiter(grpc.aio.ServerInterceptor):
+    """At most `limit` requests in flight (RESOURCE_EXHAUSTED beyond), tracked in `gauge`."""
+
+    def __init__(self, limit: int, gauge: Gauge, rejected: Counter, methods: frozenset[str]) -> None:
+        self.limit = limit
+        self.gauge = gauge
+        self.rejected = rejected
+        self.methods = methods
+        self.in_flight = 0
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if method.startswith(OPEN_PREFIXES):
+            return handler
+
+        @contextlib.asynccontextmanager
+        async def limit(context: grpc.aio.ServicerContext):
+            if self.in_flight >= self.limit:
+                self.rejected.labels(_short(method, self.methods), "RESOURCE_EXHAUSTED").inc()
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {self.limit} requests in flight"
+                )
+            self.in_flight += 1
+            self.gauge.set(self.in_flight)
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+                self.gauge.set(self.in_flight)
+
+        return _wrap(handler, limit)
+
+
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+
+
+def health_serving(
+    address: str, service: str = "", timeout: float = 1.0, credentials: grpc.ChannelCredentials | None = None
+) -> bool:
+    """True when the gRPC health service at `address` says SERVING for `service` ("" = the process)."""
+    channel = (
+        grpc.secure_channel(address, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(address)
+    )
+    with channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def serve(
@@ -114,13 +243,17 @@ async def serve(
     load: Callable[[], Awaitable[None]],
     close: Callable[[], Awaitable[None]],
     grace_s: float = 10.0,
-    health_check: Callable[[], Awaitable[bool]] | None = None,
-    health_interval_s: float = 2.0,
+    readiness: Callable[[], Awaitable[bool]] | None = None,
+    readiness_interval_s: float = 2.0,
+    health_address: str = "",
 ) -> None:
-    """Start `server` on `address` with the standard health service (NOT_SERVING until `load()`
-    finished, then SERVING) and reflection; with `health_check`, the status follows it every
-    `health_interval_s` afterwards. On SIGTERM/SIGINT enter graceful shutdown, stop with `grace_s`
-    for in-flight calls, then `close()`."""
+    """Serve until SIGTERM/SIGINT with the standard health service and reflection.
+
+    Health has two meanings, for two probes: the empty service name is liveness (SERVING once `load()`
+    returned and until shutdown: the process works), each named service is readiness (after `load()`,
+    it follows `readiness()` every `readiness_interval_s`; SERVING when there is none). With
+    `health_address`, a second, plaintext server answers health only there (probes of a TLS server).
+    On a signal: graceful shutdown, then `server.stop(grace_s)` for in-flight calls, then `close()`."""
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -129,103 +262,54 @@ async def serve(
     # An empty address means the caller already bound a (TLS) port.
     if address and server.add_insecure_port(address) == 0:
         raise RuntimeError(f"cannot bind {address}")
+    health_server = None
+    if health_address:
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        if health_server.add_insecure_port(health_address) == 0:
+            raise RuntimeError(f"cannot bind {health_address}")
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    log.info("listening on %s (NOT_SERVING until loaded)", address)
+    if health_server is not None:
+        await health_server.start()
+    log.info("listening on %s (NOT_SERVING until loaded)", address or "a TLS port")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await load()
-    for name in ("", *service_names):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("SERVING on %s", address)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
-    async def follow_health() -> None:
-        serving = True
+    async def follow_readiness() -> None:
+        ready: bool | None = None
         while True:
-            await asyncio.sleep(health_interval_s)
             try:
-                ok = await health_check()
+                ok = await readiness() if readiness is not None else True
             except Exception:
+                log.exception("readiness check failed")
                 ok = False
-            if ok != serving:
-                serving = ok
-                log.warning("health: %s", "SERVING" if ok else "NOT_SERVING (a dependency is down)")
+            if ok != ready:
+                if ready is not None or not ok:
+                    log.warning("readiness: %s", "SERVING" if ok else "NOT_SERVING")
+                ready = ok
                 status = (
                     health_pb2.HealthCheckResponse.SERVING
                     if ok
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
-                for name in ("", *service_names):
+                for name in service_names:
                     await health_servicer.set(name, status)
+            await asyncio.sleep(readiness_interval_s)
 
-    watcher = asyncio.create_task(follow_health()) if health_check is not None else None
+    watcher = asyncio.create_task(follow_readiness())
+    log.info("live on %s", address or "a TLS port")
     await stop.wait()
-    if watcher is not None:
-        watcher.cancel()
+    watcher.cancel()
     log.info("shutting down: draining in-flight calls for up to %.0fs", grace_s)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
+    if health_server is not None:
+        await health_server.stop(1)
     await close()
     log.info("stopped")
-
-
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Requires metadata `x-api-key` to match one of `keys` (constant-time compare); health and
-    reflection stay open so probes and grpcurl discovery work without a key."""
-
-    OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-    def __init__(self, keys: Sequence[str], rejected: Counter) -> None:
-        self.keys = [k.encode() for k in keys]
-        self.rejected = rejected
-
-    async def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        if not self.keys or method.startswith(self.OPEN_PREFIXES):
-            return await continuation(handler_call_details)
-        given = dict(handler_call_details.invocation_metadata or ()).get("x-api-key", "")
-        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if any(hmac.compare_digest(given_bytes, key) for key in self.keys):
-            return await continuation(handler_call_details)
-        self.rejected.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()
-
-        @contextlib.asynccontextmanager
-        async def deny(context: grpc.aio.ServicerContext):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-api-key metadata")
-            yield
-
-        return _wrap(await continuation(handler_call_details), deny)
-
-
-class InFlightLimiter(grpc.aio.ServerInterceptor):
-    """At most `limit` requests in flight (RESOURCE_EXHAUSTED beyond), tracked in `gauge`."""
-
-    def __init__(self, limit: int, gauge: Gauge, rejected: Counter) -> None:
-        self.limit = limit
-        self.gauge = gauge
-        self.rejected = rejected
-        self.in_flight = 0
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if method.startswith(ApiKeyInterceptor.OPEN_PREFIXES):
-            return handler
-
-        @contextlib.asynccontextmanager
-        async def limit(context: grpc.aio.ServicerContext):
-            if self.in_flight >= self.limit:
-                self.rejected.labels(method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED").inc()
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {self.limit} in flight")
-            self.in_flight += 1
-            self.gauge.set(self.in_flight)
-            try:
-                yield
-            finally:
-                self.in_flight -= 1
-                self.gauge.set(self.in_flight)
-
-        return _wrap(handler, limit)

@@ -18,12 +18,15 @@ from semsearch.procs import (
     port_open,
     stop_process_group,
 )
+from semsearch.rpc import health_serving
 from services.embedder.triton import TritonPorts, TritonServer
-from services.indexer.launcher import ShardProcess, health_serving
+from services.indexer.launcher import ShardProcess
 
 log = logging.getLogger(__name__)
 
 BIND_ATTEMPTS = 3
+# The gateway's readiness (its health for this service name): enough shards answer.
+GATEWAY_SERVICE = "semsearch.v1.Search"
 PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 
 
@@ -88,6 +91,7 @@ class Stack:
         self.shards: list[ShardProcess] = []
         self.gateway: ManagedProcess | None = None
         self.gateway_metrics_port = 0
+        self.gateway_health_port = 0
         self.with_prometheus = with_prometheus
         self.prometheus: ManagedProcess | None = None
         self.prometheus_port = 0
@@ -148,13 +152,23 @@ class Stack:
                     raise
 
     def start_shard(self, i: int) -> ShardProcess:
-        if i < len(self.shards):
+        """(Re)start shard i on its address; shard 0 learns every shard's address (it coordinates
+        training), so the others must have started once before it."""
+        if i < len(self.shards) and self.shards[i].started_once:
             return self.shards[i].start()
-        shard = ShardProcess(i, self.num_shards, self.home / f"shard-{i}", env=dict(self.env))
-        if self.collections_file:
-            shard.env["SEMSEARCH_COLLECTIONS_FILE"] = str(self.collections_file)
-        self.shards.append(shard.start())
-        return shard
+        while len(self.shards) <= i:
+            n = len(self.shards)
+            shard = ShardProcess(n, self.num_shards, self.home / f"shard-{n}", env=dict(self.env))
+            if self.collections_file:
+                shard.env["SEMSEARCH_COLLECTIONS_FILE"] = str(self.collections_file)
+            self.shards.append(shard)
+        if i == 0:
+            self.shards[0].env["SEMSEARCH_PEERS"] = ",".join(s.address for s in self.shards)
+        return self.shards[i].start()
+
+    def start_shards(self) -> None:
+        for i in [*range(1, self.num_shards), 0]:
+            self.start_shard(i)
 
     def start_gateway(self) -> None:
         # Ports are picked right before the start, and picked again if another process took one
@@ -185,10 +199,16 @@ class Stack:
         if self.collections_file:
             env["SEMSEARCH_COLLECTIONS_FILE"] = str(self.collections_file)
         env.update(self.env)
+        health_address = self.gateway_address
+        if env.get("SEMSEARCH_TLS_CERT"):
+            # Probes of a TLS gateway use its plaintext health-only port.
+            self.gateway_health_port = free_port()
+            env["SEMSEARCH_GATEWAY_HEALTH_PORT"] = str(self.gateway_health_port)
+            health_address = f"127.0.0.1:{self.gateway_health_port}"
         self.gateway = ManagedProcess(
             "gateway", [sys.executable, "-m", "services.gateway"], log_path=self.home / "gateway.log", env=env
         )
-        self.gateway.start(lambda: health_serving(self.gateway_address), 120)
+        self.gateway.start(lambda: health_serving(health_address, GATEWAY_SERVICE), 120)
 
     def prometheus_config(self, scrape_interval_s: int = 2) -> dict:
         """The scrape config of deploy/prometheus/prometheus.yml (same job names, same rules file)
@@ -246,8 +266,7 @@ class Stack:
         try:
             self.start_redis()
             self.start_triton()
-            for i in range(self.num_shards):
-                self.start_shard(i)
+            self.start_shards()
             self.start_gateway()
             if self.with_prometheus:
                 self.start_prometheus()

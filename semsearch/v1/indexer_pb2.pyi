@@ -7,49 +7,65 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ShardRoute(_message.Message):
+    __slots__ = ("shard", "num_shards")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    num_shards: int
+    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ...) -> None: ...
+
 class ShardUpsertRequest(_message.Message):
-    __slots__ = ("collection", "items")
+    __slots__ = ("collection", "items", "route")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     items: _containers.RepeatedCompositeFieldContainer[_common_pb2.Item]
-    def __init__(self, collection: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ...) -> None: ...
+    route: ShardRoute
+    def __init__(self, collection: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ...) -> None: ...
 
 class ShardDeleteRequest(_message.Message):
-    __slots__ = ("collection", "ids", "ignore_missing")
+    __slots__ = ("collection", "ids", "route")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
-    IGNORE_MISSING_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
-    ignore_missing: bool
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., ignore_missing: _Optional[bool] = ...) -> None: ...
+    route: ShardRoute
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
-    __slots__ = ("count", "lsn", "data_version")
+    __slots__ = ("count", "lsn", "data_version", "missing")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     LSN_FIELD_NUMBER: _ClassVar[int]
     DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
     count: int
     lsn: int
     data_version: int
-    def __init__(self, count: _Optional[int] = ..., lsn: _Optional[int] = ..., data_version: _Optional[int] = ...) -> None: ...
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, count: _Optional[int] = ..., lsn: _Optional[int] = ..., data_version: _Optional[int] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "nprobe", "recall_target", "rerank")
+    __slots__ = ("collection", "queries", "k", "nprobe", "recall_target", "rerank", "exclude_ids", "route")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     RECALL_TARGET_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     k: int
     nprobe: int
     recall_target: float
     rerank: int
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., recall_target: _Optional[float] = ..., rerank: _Optional[int] = ...) -> None: ...
+    exclude_ids: _containers.RepeatedScalarFieldContainer[str]
+    route: ShardRoute
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., recall_target: _Optional[float] = ..., rerank: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ...) -> None: ...
 
 class QueryHits(_message.Message):
     __slots__ = ("hits",)
@@ -74,14 +90,16 @@ class ShardSearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ..., generation: _Optional[int] = ..., data_version: _Optional[int] = ..., index: _Optional[str] = ..., nprobe: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ShardGetRequest(_message.Message):
-    __slots__ = ("collection", "ids", "include_vectors")
+    __slots__ = ("collection", "ids", "include_vectors", "route")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     include_vectors: bool
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
+    route: ShardRoute
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vectors: _Optional[bool] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ...) -> None: ...
 
 class ShardGetResponse(_message.Message):
     __slots__ = ("items", "missing")
@@ -96,7 +114,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectionStats(_message.Message):
-    __slots__ = ("name", "dim", "count", "generation", "index", "factory", "data_version", "lsn", "rebuild_progress", "rebuilding", "log_bytes", "index_bytes")
+    __slots__ = ("name", "dim", "count", "generation", "index", "factory", "data_version", "lsn", "rebuild_progress", "rebuilding", "log_bytes", "index_bytes", "rows", "disk_bytes", "broken", "rebuild_failures", "template_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +127,11 @@ class CollectionStats(_message.Message):
     REBUILDING_FIELD_NUMBER: _ClassVar[int]
     LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     count: int
@@ -121,17 +144,24 @@ class CollectionStats(_message.Message):
     rebuilding: bool
     log_bytes: int
     index_bytes: int
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ..., index: _Optional[str] = ..., factory: _Optional[str] = ..., data_version: _Optional[int] = ..., lsn: _Optional[int] = ..., rebuild_progress: _Optional[float] = ..., rebuilding: _Optional[bool] = ..., log_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ...) -> None: ...
+    rows: int
+    disk_bytes: int
+    broken: str
+    rebuild_failures: int
+    template_id: str
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ..., index: _Optional[str] = ..., factory: _Optional[str] = ..., data_version: _Optional[int] = ..., lsn: _Optional[int] = ..., rebuild_progress: _Optional[float] = ..., rebuilding: _Optional[bool] = ..., log_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., broken: _Optional[str] = ..., rebuild_failures: _Optional[int] = ..., template_id: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "num_shards", "collections")
+    __slots__ = ("shard", "num_shards", "collections", "disk_free_bytes")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     shard: int
     num_shards: int
     collections: _containers.RepeatedCompositeFieldContainer[CollectionStats]
-    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CollectionStats, _Mapping]]] = ...) -> None: ...
+    disk_free_bytes: int
+    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CollectionStats, _Mapping]]] = ..., disk_free_bytes: _Optional[int] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
     __slots__ = ("collection", "n", "seed")
@@ -188,3 +218,41 @@ class SnapshotResponse(_message.Message):
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     collections: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, collections: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("collection", "retrain")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    retrain: bool
+    def __init__(self, collection: _Optional[str] = ..., retrain: _Optional[bool] = ...) -> None: ...
+
+class TrainResponse(_message.Message):
+    __slots__ = ("vectors", "train_vectors", "seconds", "default_nprobe", "next_generations", "nprobe_table")
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_NPROBE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_TABLE_FIELD_NUMBER: _ClassVar[int]
+    vectors: int
+    train_vectors: int
+    seconds: float
+    default_nprobe: int
+    next_generations: _containers.RepeatedScalarFieldContainer[int]
+    nprobe_table: _containers.RepeatedCompositeFieldContainer[NprobeRecall]
+    def __init__(self, vectors: _Optional[int] = ..., train_vectors: _Optional[int] = ..., seconds: _Optional[float] = ..., default_nprobe: _Optional[int] = ..., next_generations: _Optional[_Iterable[int]] = ..., nprobe_table: _Optional[_Iterable[_Union[NprobeRecall, _Mapping]]] = ...) -> None: ...
+
+class CompactRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class CompactResponse(_message.Message):
+    __slots__ = ("generation", "rows")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    rows: int
+    def __init__(self, generation: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...

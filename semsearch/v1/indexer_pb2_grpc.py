@@ -74,6 +74,16 @@ class IndexerStub:
                 request_serializer=semsearch_dot_v1_dot_indexer__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=semsearch_dot_v1_dot_indexer__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.Train = channel.unary_unary(
+                '/semsearch.v1.Indexer/Train',
+                request_serializer=semsearch_dot_v1_dot_indexer__pb2.TrainRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_indexer__pb2.TrainResponse.FromString,
+                _registered_method=True)
+        self.Compact = channel.unary_unary(
+                '/semsearch.v1.Indexer/Compact',
+                request_serializer=semsearch_dot_v1_dot_indexer__pb2.CompactRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_indexer__pb2.CompactResponse.FromString,
+                _registered_method=True)
 
 
 class IndexerServicer:
@@ -84,24 +94,30 @@ class IndexerServicer:
         the items are searchable as soon as the call returns.
         INVALID_ARGUMENT: empty batch, too many items, empty or duplicate id, wrong dimension,
         NaN/Inf, a vector violating the collection's normalisation policy, metadata too large.
-        NOT_FOUND: unknown collection. RESOURCE_EXHAUSTED: message larger than the server accepts.
+        NOT_FOUND: unknown collection. FAILED_PRECONDITION: `route` names another shard or shard count,
+        or an id that this shard does not own. RESOURCE_EXHAUSTED: message larger than the server
+        accepts, or the disk is nearly full. UNAVAILABLE: the collection stopped taking writes after a
+        failed fsync or apply (searches go on; a restart replays the log).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Delete items by id. INVALID_ARGUMENT: empty batch. NOT_FOUND: unknown collection, or an id
-        that is not stored (nothing is deleted then) unless `ignore_missing` is set.
+        """Delete items by id; ids that are not stored are listed in `missing`. INVALID_ARGUMENT: empty
+        batch. NOT_FOUND: unknown collection. FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNAVAILABLE: as
+        for Upsert.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Search(self, request, context):
-        """k nearest neighbours of each query vector, exact-reranked. Concurrent calls are coalesced into
-        one FAISS call. INVALID_ARGUMENT: no queries, wrong dimension, NaN/Inf, k outside [1, 1000],
-        nprobe/recall_target/rerank out of range. NOT_FOUND: unknown collection.
+        """k nearest live neighbours of each query vector, exact-reranked; k hits whenever the slice holds
+        k live items. Concurrent calls are coalesced into one FAISS call. INVALID_ARGUMENT: no queries,
+        wrong dimension, NaN/Inf, k outside [1, 1000], nprobe/recall_target/rerank out of range.
+        NOT_FOUND: unknown collection. FAILED_PRECONDITION: `route` disagrees. RESOURCE_EXHAUSTED: the
+        candidates of one query would exceed the shard's search memory budget.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,7 +125,7 @@ class IndexerServicer:
 
     def Get(self, request, context):
         """Stored items by id (vectors included when asked); ids not stored are listed in `missing`.
-        NOT_FOUND: unknown collection. INVALID_ARGUMENT: no ids.
+        NOT_FOUND: unknown collection. INVALID_ARGUMENT: no ids. FAILED_PRECONDITION: `route` disagrees.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,6 +158,27 @@ class IndexerServicer:
 
     def Snapshot(self, request, context):
         """Write a snapshot of every collection now (index, id map, metadata, log position).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Train(self, request, context):
+        """Train a collection's index once for all shards (only shard 0, the coordinator, does this): sample
+        every shard, train the template, install it everywhere; each shard then rebuilds in the
+        background. Shard 0 also does this by itself when a collection reaches its train_threshold.
+        FAILED_PRECONDITION: not shard 0, peers not configured, a training of this collection is running,
+        or a template is already installed (unless `retrain`). UNAVAILABLE: a shard does not answer.
+        NOT_FOUND: unknown collection. INVALID_ARGUMENT: too few vectors to train.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Compact(self, request, context):
+        """Rebuild a collection's slice now, dropping dead rows (replaced and deleted items) from the raw
+        vectors and the index; searches go on meanwhile. Returns when the new generation serves.
+        NOT_FOUND: unknown collection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +226,16 @@ def add_IndexerServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=semsearch_dot_v1_dot_indexer__pb2.SnapshotRequest.FromString,
                     response_serializer=semsearch_dot_v1_dot_indexer__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'Train': grpc.unary_unary_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.TrainRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_indexer__pb2.TrainResponse.SerializeToString,
+            ),
+            'Compact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compact,
+                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.CompactRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_indexer__pb2.CompactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +454,60 @@ class Indexer:
             '/semsearch.v1.Indexer/Snapshot',
             semsearch_dot_v1_dot_indexer__pb2.SnapshotRequest.SerializeToString,
             semsearch_dot_v1_dot_indexer__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.Indexer/Train',
+            semsearch_dot_v1_dot_indexer__pb2.TrainRequest.SerializeToString,
+            semsearch_dot_v1_dot_indexer__pb2.TrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.Indexer/Compact',
+            semsearch_dot_v1_dot_indexer__pb2.CompactRequest.SerializeToString,
+            semsearch_dot_v1_dot_indexer__pb2.CompactResponse.FromString,
             options,
             channel_credentials,
             insecure,

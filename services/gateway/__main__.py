@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import asyncio
+import logging
 
 from semsearch.log import setup_logging
 from services.gateway.config import GatewaySettings
@@ -14,7 +15,11 @@ from services.gateway.server import run
 
 def main() -> None:
     setup_logging()
-    asyncio.run(run(GatewaySettings.from_env()))
+    try:
+        asyncio.run(run(GatewaySettings.from_env()))
+    except RuntimeError as exc:  # a configuration error found at start-up, already worded for operators
+        logging.getLogger("services.gateway").error("%s", exc)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,35 +1,50 @@
-"""Redis caches of query embeddings and search results; Redis trouble means uncached, never failed."""
+"""Redis caches of query embeddings and search results: keys, encoding, storage and invalidation.
+
+Redis trouble means uncached, never failed, for searches. For writes, the result cache is invalidated
+before a write is acknowledged (see invalidate())."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from semsearch.errors import Unavailable
 from services.gateway import metrics
+from services.gateway.domain import Hit, Query, SearchResult
 
 log = logging.getLogger(__name__)
 
-# After a Redis error, skip the cache for this long instead of paying a timeout on every request.
+# After a Redis error, skip cache reads and fills for this long instead of paying a timeout on every
+# request. Invalidations are never skipped.
 BACKOFF_S = 1.0
+INVALIDATE_ATTEMPTS = 3
 
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class CacheNotInvalidated(Unavailable):
+    """A write is stored, but Redis was reachable and did not confirm the invalidation in time."""
+
+
 class Cache:
     """Keys:
     - ``emb:<model version>:<sha256 of image bytes or normalised text>`` -> float32 vector bytes;
     - ``epoch:<collection>`` -> counter bumped by every write through any gateway;
-    - ``res:<collection>:<sha256 of the query, the epoch and the shard generations>`` -> response.
+    - ``res:<collection>:<sha256 of the query, the epoch and the shard generations>`` -> result.
     A write or an index swap changes the key of every result computed before it, so stale results
-    become unreachable without a flush and expire by TTL (Redis runs with an LRU memory cap)."""
+    become unreachable without a flush and expire by TTL (Redis runs with an LRU memory cap and no
+    persistence, so a restarted Redis holds nothing stale either)."""
 
     def __init__(
         self,
@@ -46,6 +61,9 @@ class Cache:
         self.max_result_bytes = max_result_bytes
         self.timeout_s = timeout_s
         self._down_until = 0.0
+        # Collections whose last invalidation did not reach Redis: their cached results are not read
+        # until an invalidation succeeds.
+        self.pending: set[str] = set()
 
     async def _call(self, op: str, coro):
         if time.monotonic() < self._down_until:
@@ -55,13 +73,16 @@ class Cache:
         try:
             return await asyncio.wait_for(coro, self.timeout_s)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            metrics.CACHE_ERRORS.labels(op).inc()
-            if time.monotonic() >= self._down_until:
-                log.warning(
-                    "redis %s failed (%s); serving uncached for %.0fs", op, type(exc).__name__, BACKOFF_S
-                )
-            self._down_until = time.monotonic() + BACKOFF_S
+            self._failed(op, exc)
             return None
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        metrics.CACHE_ERRORS.labels(op).inc()
+        if time.monotonic() >= self._down_until:
+            log.warning("redis %s failed (%s); serving uncached for %.0fs", op, type(exc).__name__, BACKOFF_S)
+        self._down_until = time.monotonic() + BACKOFF_S
+
+    # --- query embeddings -------------------------------------------------------------------------
 
     async def get_embedding(self, model_version: str, digest: str, dim: int) -> np.ndarray | None:
         data = await self._call("get", self.client.get(f"emb:{model_version}:{digest}"))
@@ -75,23 +96,97 @@ class Cache:
             "set", self.client.set(f"emb:{model_version}:{digest}", payload, ex=self.embedding_ttl_s)
         )
 
+    # --- search results ---------------------------------------------------------------------------
+
     async def epoch(self, collection: str) -> int | None:
+        """The collection's result-cache epoch, or None when the result cache cannot be used now. Read it
+        before searching: a write that lands meanwhile bumps it, so a result computed on data from before
+        the write is stored under a key nobody looks up any more."""
+        if collection in self.pending and not await self._flush(collection):
+            return None
         value = await self._call("get", self.client.get(f"epoch:{collection}"))
-        return int(value) if value is not None else (0 if time.monotonic() >= self._down_until else None)
+        if value is None and time.monotonic() < self._down_until:
+            return None
+        return int(value or 0)
 
-    async def bump_epoch(self, collection: str) -> None:
-        await self._call("incr", self.client.incr(f"epoch:{collection}"))
+    @staticmethod
+    def result_key(
+        query: Query, vector: np.ndarray, epoch: int, generations: dict[int, int], shards: int
+    ) -> str:
+        """Where the result of `query` computed at `epoch` on these shard generations is cached."""
+        fingerprint = json.dumps(
+            [query.collection, query.kind, query.item_id, query.k, query.recall_target, query.nprobe, epoch,
+             sorted(generations.items()), shards]
+        ).encode()  # fmt: skip
+        digest = content_hash(fingerprint + np.ascontiguousarray(vector, dtype="<f4").tobytes())
+        return f"res:{query.collection}:{digest}"
 
-    async def get_result(self, collection: str, digest: str) -> bytes | None:
-        data = await self._call("get", self.client.get(f"res:{collection}:{digest}"))
+    async def get_result(self, key: str) -> SearchResult | None:
+        data = await self._call("get", self.client.get(key))
         metrics.CACHE_REQUESTS.labels("result", "hit" if data is not None else "miss").inc()
-        return data
+        if data is None:
+            return None
+        decoded = json.loads(data)
+        return SearchResult(
+            hits=[Hit(i, s, m) for i, s, m in decoded["hits"]],
+            shards_answered=decoded["answered"],
+            shards_queried=decoded["queried"],
+            generations={int(k): v for k, v in decoded["generations"].items()},
+            cached=True,
+        )
 
-    async def set_result(self, collection: str, digest: str, payload: bytes) -> None:
+    async def set_result(self, key: str, result: SearchResult) -> None:
+        payload = json.dumps(
+            {
+                "hits": [[h.id, h.score, h.metadata] for h in result.hits],
+                "answered": result.shards_answered,
+                "queried": result.shards_queried,
+                "generations": result.generations,
+            }
+        ).encode()
         if len(payload) <= self.max_result_bytes:
-            await self._call(
-                "set", self.client.set(f"res:{collection}:{digest}", payload, ex=self.result_ttl_s)
-            )
+            await self._call("set", self.client.set(key, payload, ex=self.result_ttl_s))
+
+    # --- invalidation -----------------------------------------------------------------------------
+
+    async def invalidate(self, collections: Sequence[str]) -> None:
+        """Make every cached result of `collections` unreachable (bump their epochs), before a write is
+        acknowledged. Never skipped by the read back-off. Redis down (connection refused or reset): no
+        one can read a cached result, and a restarted Redis is empty, so the write may be acknowledged;
+        the bump is remembered and done before this gateway reads the cache again. Redis up but not
+        confirming in time: CacheNotInvalidated, and the caller must not acknowledge the write."""
+        for collection in collections:
+            last: BaseException | None = None
+            for attempt in range(INVALIDATE_ATTEMPTS):
+                try:
+                    await asyncio.wait_for(self.client.incr(f"epoch:{collection}"), 4 * self.timeout_s)
+                    self.pending.discard(collection)
+                    last = None
+                    break
+                except RedisConnectionError as exc:
+                    self._failed("incr", exc)
+                    self.pending.add(collection)
+                    last = None
+                    break
+                except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                    self._failed("incr", exc)
+                    last = exc
+                    await asyncio.sleep(0.05 * 2**attempt)
+            if last is not None:
+                self.pending.add(collection)
+                raise CacheNotInvalidated(
+                    "stored, but the result cache (Redis) did not confirm its invalidation in time, so "
+                    "searches could still return results from before this write; retrying the write is safe"
+                )
+
+    async def _flush(self, collection: str) -> bool:
+        try:
+            await asyncio.wait_for(self.client.incr(f"epoch:{collection}"), self.timeout_s)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._failed("incr", exc)
+            return False
+        self.pending.discard(collection)
+        return True
 
     async def close(self) -> None:
         await self.client.aclose()

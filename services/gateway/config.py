@@ -9,6 +9,40 @@ from services.indexer.config import CollectionConfig, load_collections
 
 # Which embedding model feeds which collection (collections not listed take vectors only).
 COLLECTION_MODELS = {"images": "efficientnet_lite0", "texts": "minilm_l6"}
+# The content kind each model embeds.
+MODEL_KINDS = {"efficientnet_lite0": "image", "minilm_l6": "text"}
+# Keys that appear in examples and documentation: never accepted.
+EXAMPLE_KEYS = frozenset({"change-me", "changeme", "secret", "password"})
+MIN_KEY_LENGTH = 16
+
+
+def accepted_kinds(collection: str) -> tuple[str, ...]:
+    """Query kinds a collection answers: its model's content kind (if any), vectors and stored ids."""
+    model = COLLECTION_MODELS.get(collection)
+    return ((MODEL_KINDS[model],) if model else ()) + ("vector", "id")
+
+
+def parse_api_keys(raw: str | None) -> tuple[str, ...]:
+    """Keys from SEMSEARCH_API_KEYS (comma-separated). Unset or empty: authentication off. A value that
+    lists no usable key, an example key or a short key stops the gateway instead of weakening auth."""
+    if raw is None or raw == "":
+        return ()
+    keys = tuple(k.strip() for k in raw.split(","))
+    if not any(keys):
+        raise SystemExit("SEMSEARCH_API_KEYS is set but lists no key; unset it to turn authentication off")
+    for key in keys:
+        if not key:
+            raise SystemExit("SEMSEARCH_API_KEYS has an empty entry (two commas in a row?)")
+        if key.lower() in EXAMPLE_KEYS:
+            raise SystemExit(
+                f"SEMSEARCH_API_KEYS holds the example key {key!r}; generate one, e.g. `openssl rand -hex 24`"
+            )
+        if len(key) < MIN_KEY_LENGTH:
+            raise SystemExit(
+                f"SEMSEARCH_API_KEYS holds a key of {len(key)} characters; "
+                f"at least {MIN_KEY_LENGTH} are required"
+            )
+    return keys
 
 
 @dataclass(frozen=True)
@@ -29,11 +63,15 @@ class GatewaySettings:
     result_ttl_s: int = 300
     cache_max_result_bytes: int = 256 * 1024
     redis_timeout_s: float = 0.05
-    # Health is SERVING when Triton is ready and at least this many shards answer (0: all).
-    min_serving_shards: int = 0
+    # Readiness (health of the Search service) is SERVING while at least this many shards answer;
+    # partial results are a feature, so one is enough by default. Liveness (health "") only says the
+    # process works. Triton's state does not gate readiness: vector and id queries work without it.
+    min_serving_shards: int = 1
     api_keys: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
+    # A plaintext port answering health checks only (probes of a TLS gateway); 0: none.
+    health_port: int = 0
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -43,7 +81,13 @@ class GatewaySettings:
         ]
         if missing:
             raise SystemExit(f"missing required settings: {', '.join(missing)}")
-        keys = tuple(k for k in env.get("SEMSEARCH_API_KEYS", "").split(",") if k)
+        keys = parse_api_keys(env.get("SEMSEARCH_API_KEYS"))
+        tls_cert, tls_key = env.get("SEMSEARCH_TLS_CERT") or None, env.get("SEMSEARCH_TLS_KEY") or None
+        if bool(tls_cert) != bool(tls_key):
+            raise SystemExit(
+                "TLS needs both SEMSEARCH_TLS_CERT and SEMSEARCH_TLS_KEY; only one is set, and the gateway "
+                "does not fall back to plaintext"
+            )
         return cls(
             shards=tuple(a.strip() for a in env["SEMSEARCH_SHARDS"].split(",") if a.strip()),
             triton_url=env["SEMSEARCH_TRITON_URL"],
@@ -61,8 +105,9 @@ class GatewaySettings:
             cache_max_result_bytes=int(env.get("SEMSEARCH_CACHE_MAX_RESULT_BYTES", str(256 * 1024))),
             max_message_bytes=int(env.get("SEMSEARCH_GATEWAY_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
             redis_timeout_s=float(env.get("SEMSEARCH_REDIS_TIMEOUT_S", "0.05")),
-            min_serving_shards=int(env.get("SEMSEARCH_MIN_SERVING_SHARDS", "0")),
+            min_serving_shards=int(env.get("SEMSEARCH_MIN_SERVING_SHARDS", "1")),
             api_keys=keys,
-            tls_cert=env.get("SEMSEARCH_TLS_CERT") or None,
-            tls_key=env.get("SEMSEARCH_TLS_KEY") or None,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            health_port=int(env.get("SEMSEARCH_GATEWAY_HEALTH_PORT", "0")),
         )

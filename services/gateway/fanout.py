@@ -7,21 +7,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float
-    metadata: dict[str, str]
-
-
-@dataclass(frozen=True)
-class ShardHits:
-    hits: list[list[Hit]]
-    generation: int
-    data_version: int
-
-
 C = TypeVar("C")
 T = TypeVar("T")
 

@@ -20,7 +20,14 @@ from semsearch.errors import (
     Unauthenticated,
     Unavailable,
 )
-from semsearch.rpc import ApiKeyInterceptor, ErrorMappingInterceptor, InFlightLimiter, serve, server_options
+from semsearch.rpc import (
+    ApiKeyInterceptor,
+    ErrorMappingInterceptor,
+    InFlightLimiter,
+    method_names,
+    serve,
+    server_options,
+)
 from semsearch.v1 import search_pb2, search_pb2_grpc
 from services.embedder.client import EmbedderClient
 from services.gateway import metrics
@@ -28,7 +35,7 @@ from services.gateway.cache import Cache
 from services.gateway.config import GatewaySettings
 from services.gateway.service import GatewayService
 from services.gateway.servicer import SearchServicer
-from services.gateway.shard_client import ShardClient
+from services.gateway.shard_client import ShardClient, ShardMisconfigured
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +48,10 @@ ERROR_CODES = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
-AUTO_TRAIN_INTERVAL_S = 10.0
 
 
 def build_service(settings: GatewaySettings) -> GatewayService:
-    shards = [ShardClient(i, address) for i, address in enumerate(settings.shards)]
+    shards = [ShardClient(i, len(settings.shards), address) for i, address in enumerate(settings.shards)]
     embedder = EmbedderClient(settings.triton_url, decode_executor=ThreadPoolExecutor(2, "decode"))
     client = aioredis.Redis.from_url(
         settings.redis_url,
@@ -63,73 +69,34 @@ def build_service(settings: GatewaySettings) -> GatewayService:
 
 
 def build_server(settings: GatewaySettings, service: GatewayService) -> grpc.aio.Server:
+    methods = method_names([search_pb2.DESCRIPTOR.services_by_name["Search"]])
     interceptors = [
-        ApiKeyInterceptor(settings.api_keys, metrics.ERRORS),
-        InFlightLimiter(settings.max_in_flight, metrics.IN_FLIGHT, metrics.ERRORS),
-        ErrorMappingInterceptor(ERROR_CODES, metrics.REQUEST_SECONDS, metrics.ERRORS),
+        ApiKeyInterceptor(settings.api_keys, metrics.ERRORS, methods),
+        InFlightLimiter(settings.max_in_flight, metrics.IN_FLIGHT, metrics.ERRORS, methods),
+        ErrorMappingInterceptor(ERROR_CODES, metrics.REQUEST_SECONDS, metrics.ERRORS, methods),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings.max_message_bytes))
     search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(service), server)
     return server
 
 
-async def auto_train(service: GatewayService) -> None:
-    """Train a collection once it reaches its threshold (exact search until then)."""
-    from services.indexer.coordinator import train_collection
-
-    loop = asyncio.get_running_loop()
-    # Collections this gateway trained: their shards may still be rebuilding (and so still report
-    # "exact") long after the template was installed; training again would waste minutes of CPU.
-    trained: set[str] = set()
-    while True:
-        await asyncio.sleep(AUTO_TRAIN_INTERVAL_S)
-        try:
-            infos = await service.list_collections(5.0)
-            for info in infos:
-                config = service.collections[info["name"]]
-                untrained = (
-                    info["index"] == "exact"
-                    and info["shards_answered"] == info["shards_total"]
-                    and config.name not in trained
-                )
-                if untrained and info["count"] >= config.train_threshold:
-                    log.info("collection %s reached %d vectors: training %s", config.name, info["count"],
-                             config.factory)  # fmt: skip
-                    channels = [grpc.insecure_channel(s.address, options=[
-                        ("grpc.max_send_message_length", 256 << 20)]) for s in service.shards]  # fmt: skip
-                    try:
-                        trained.add(config.name)
-                        report = await loop.run_in_executor(None, train_collection, channels, config)
-                        log.info("collection %s: template installed, rebuilding to generations %s",
-                                 config.name, report["next_generations"])  # fmt: skip
-                    except Exception:
-                        trained.discard(config.name)  # try again at the next check
-                        raise
-                    finally:
-                        for channel in channels:
-                            channel.close()
-        except Exception:
-            log.exception("auto-train check failed; retrying in %.0fs", AUTO_TRAIN_INTERVAL_S)
-
-
 async def run(settings: GatewaySettings) -> None:
     service = build_service(settings)
     server = build_server(settings, service)
     start_http_server(settings.metrics_port, addr=settings.host)
-    tasks: list[asyncio.Task] = []
 
     async def load() -> None:
-        # SERVING once Triton and every shard answer; until then health says NOT_SERVING.
-        deadline = asyncio.get_running_loop().time() + 600
-        while not await service.ready():
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError("Triton or shards not reachable after 600s")
-            await asyncio.sleep(0.5)
-        tasks.append(asyncio.create_task(auto_train(service)))
+        # Nothing to wait for: the process works at once (liveness); readiness follows the shards.
+        # A shard list in the wrong order or of the wrong length is a configuration error: refuse to
+        # start rather than store items where no search will look for them.
+        shard_stats = await asyncio.gather(*(s.stats(2.0) for s in service.shards), return_exceptions=True)
+        for shard, stats in zip(service.shards, shard_stats):
+            if isinstance(stats, ShardMisconfigured):
+                raise RuntimeError(f"SEMSEARCH_SHARDS is wrong: {stats}")
+            if isinstance(stats, Exception):
+                log.warning("%s does not answer yet (%s)", shard.name, stats)
 
     async def close() -> None:
-        for task in tasks:
-            task.cancel()
         await service.cache.close()
         await service.embedder.close()
         for shard in service.shards:
@@ -149,4 +116,6 @@ async def run(settings: GatewaySettings) -> None:
         settings.redis_url,
     )
     service_name = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
-    await serve(server, address, [service_name], load=load, close=close, health_check=service.ready)
+    health_address = f"{settings.host}:{settings.health_port}" if settings.health_port else ""
+    await serve(server, address, [service_name], load=load, close=close, readiness=service.ready,
+                health_address=health_address)  # fmt: skip

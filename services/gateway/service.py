@@ -1,69 +1,36 @@
-"""What the gateway does, free of gRPC: embed queries, fan out to shards, merge, cache, write."""
+"""What the gateway does, free of gRPC: a search is embed -> cache -> fan-out -> merge -> cache; a write
+is validate -> embed -> route -> write -> invalidate."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from semsearch.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from semsearch.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
 from semsearch.merge import merge_topk
 from semsearch.routing import shard_for
 from services.embedder.client import EmbedderClient, EmbedderUnavailable
 from services.embedder.preprocess import InputError, normalize_text
 from services.gateway import metrics
 from services.gateway.cache import Cache, content_hash
-from services.gateway.config import COLLECTION_MODELS, GatewaySettings
-from services.gateway.fanout import Gathered, Hit, gather_shards
+from services.gateway.config import COLLECTION_MODELS, GatewaySettings, accepted_kinds
+from services.gateway.domain import Query, SearchResult, UpsertInput
+from services.gateway.fanout import Gathered, gather_shards
 
 if TYPE_CHECKING:
     from services.gateway.shard_client import ShardClient
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Query:
-    collection: str
-    kind: str  # "image", "text", "vector" or "id"
-    image: bytes = b""
-    text: str = ""
-    vector: np.ndarray | None = None
-    item_id: str = ""
-    k: int = 10
-    recall_target: float = 0.0
-    nprobe: int = 0
-    min_coverage: float = 1.0
-    no_cache: bool = False
-    timeout_s: float = 5.0
-
-
-@dataclass
-class SearchResult:
-    hits: list[Hit]
-    shards_answered: int
-    shards_queried: int
-    generations: dict[int, int]
-    cached: bool
-    timings: list[tuple[str, float]] = field(default_factory=list)
-    model_version: str = ""
-
-
-@dataclass
-class UpsertInput:
-    id: str
-    image: bytes | None = None
-    text: str | None = None
-    vector: np.ndarray | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+MAX_ID_BYTES = 512
+KIND_WORDS = {"image": "image", "text": "text", "vector": "vector", "id": "stored id"}
 
 
 class Timer:
@@ -78,6 +45,18 @@ class Timer:
         self.stages.append((stage, now - self._begin))
         metrics.STAGE_SECONDS.labels(stage).observe(now - self._begin)
         self._begin = now
+
+
+def check_vector(vector: np.ndarray, dim: int, field_name: str) -> np.ndarray:
+    """float32 [dim], finite and not all zeros."""
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vector.shape[0] != dim:
+        raise InvalidArgument(f"expected {dim} values, got {vector.shape[0]}", field_name)
+    if not np.isfinite(vector).all():
+        raise InvalidArgument("contains NaN or Inf", field_name)
+    if not vector.any():
+        raise InvalidArgument("is all zeros", field_name)
+    return vector
 
 
 class GatewayService:
@@ -108,29 +87,71 @@ class GatewayService:
             known = ", ".join(sorted(self.collections))
             raise NotFound(f"unknown collection {collection!r} (known: {known})", "collection") from None
 
-    def _check_vector(self, vector: np.ndarray, dim: int, field_name: str) -> np.ndarray:
-        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != dim:
-            raise InvalidArgument(f"expected {dim} values, got {vector.shape[0]}", field_name)
-        if not np.isfinite(vector).all():
-            raise InvalidArgument("contains NaN or Inf", field_name)
-        if not np.any(vector):
-            raise InvalidArgument("is all zeros", field_name)
-        return vector
+    def _check_kind(self, collection: str, kind: str, field_name: str) -> None:
+        kinds = accepted_kinds(collection)
+        if kind not in kinds:
+            words = ", ".join(KIND_WORDS[k] for k in kinds)
+            raise InvalidArgument(
+                f"collection {collection!r} accepts {words} queries, not {KIND_WORDS[kind]} queries",
+                field_name,
+            )
 
-    def _model(self, collection: str, field_name: str) -> str:
-        model = COLLECTION_MODELS.get(collection)
-        if model is None:
-            raise InvalidArgument(f"collection {collection} takes vectors only", field_name)
-        return model
+    # --- search -------------------------------------------------------------------------------
 
-    # --- query embedding ----------------------------------------------------------------------
+    async def search(self, query: Query) -> SearchResult:
+        """embed -> cache -> fan-out -> merge -> cache."""
+        config = self.config(query.collection)
+        self._check_search(query)
+        deadline = time.monotonic() + query.timeout_s
+        timer = Timer()
+        begin = time.perf_counter()
+        vector, version = await self._query_vector(query, config.dim, timer)
+        epoch = None if query.no_cache else await self.cache.epoch(query.collection)
+        shards = len(self.shards)
+        if epoch is not None:
+            generations = self.generations[query.collection]
+            cached = await self.cache.get_result(
+                self.cache.result_key(query, vector, epoch, generations, shards)
+            )
+            timer.lap("result_cache")
+            if cached is not None:
+                cached.timings, cached.model_version = timer.stages, version
+                metrics.SEARCH_SECONDS.labels(query.kind).observe(time.perf_counter() - begin)
+                return cached
+        gathered = await self._fan_out(query, vector, deadline)
+        timer.lap("fanout")
+        result = self._merge(query, gathered)
+        timer.lap("merge")
+        result.timings, result.model_version = timer.stages, version
+        if epoch is not None and result.shards_answered == shards:
+            # Keyed by the epoch read before the fan-out and the generations that answered.
+            key = self.cache.result_key(query, vector, epoch, result.generations, shards)
+            await self.cache.set_result(key, result)
+        metrics.SEARCH_SECONDS.labels(query.kind).observe(time.perf_counter() - begin)
+        return result
+
+    def _check_search(self, query: Query) -> None:
+        if not 1 <= query.k <= self.settings.max_k:
+            raise InvalidArgument(f"must be in [1, {self.settings.max_k}], got {query.k}", "k")
+        if not 0 <= query.min_coverage <= 1:
+            raise InvalidArgument(f"must be in [0, 1], got {query.min_coverage}", "min_coverage")
+        if not 0 <= query.recall_target <= 1 or np.isnan(query.recall_target):
+            raise InvalidArgument(f"must be in [0, 1], got {query.recall_target}", "recall_target")
+        self._check_kind(query.collection, query.kind, query.kind)
+
+    async def _query_vector(self, query: Query, dim: int, timer: Timer) -> tuple[np.ndarray, str]:
+        """The query vector and the model version that produced it ("" for vector and id queries)."""
+        if query.kind == "vector":
+            return check_vector(query.vector, dim, "vector"), ""
+        if query.kind == "id":
+            vector = await self._vector_of_item(query.collection, query.item_id, query.timeout_s)
+            timer.lap("lookup")
+            return vector, ""
+        return await self._embed_query(query, dim, timer)
 
     async def _embed_query(self, query: Query, dim: int, timer: Timer) -> tuple[np.ndarray, str]:
-        """The query vector and the model version that produced it (embedding cache first)."""
-        if query.kind == "vector":
-            return self._check_vector(query.vector, dim, "vector"), ""
-        model = self._model(query.collection, query.kind)
+        """Image and text queries: the embedding cache first, then Triton."""
+        model = COLLECTION_MODELS[query.collection]
         try:
             version = await self.embedder.model_version(model)
         except EmbedderUnavailable as exc:
@@ -146,7 +167,7 @@ class GatewayService:
                 raise InvalidArgument("image is empty", "image")
             digest = content_hash(b"i:" + query.image)
         cached = await self.cache.get_embedding(version, digest, dim)
-        timer.lap("cache")
+        timer.lap("embedding_cache")
         if cached is not None:
             return cached, version
         try:
@@ -169,73 +190,21 @@ class GatewayService:
         shard = self.shards[shard_for(item_id, len(self.shards))]
         items, missing = await shard.get(collection, [item_id], True, timeout)
         if missing or not items:
-            raise NotFound(f"no item {item_id!r} in collection {collection}", "id")
+            raise NotFound(f"no item {item_id!r} in collection {collection!r}", "id")
         return items[0][1]
 
-    # --- search -------------------------------------------------------------------------------
-
-    def _result_key(self, query: Query, vector: np.ndarray, epoch: int) -> str:
-        generations = sorted(self.generations[query.collection].items())
-        fingerprint = json.dumps(
-            [
-                query.collection,
-                query.kind,
-                query.item_id,
-                query.k,
-                query.recall_target,
-                query.nprobe,
-                epoch,
-                generations,
-                len(self.shards),
-            ]
-        ).encode()
-        return hashlib.sha256(fingerprint + np.ascontiguousarray(vector, dtype="<f4").tobytes()).hexdigest()
-
-    async def search(self, query: Query) -> SearchResult:
-        config = self.config(query.collection)
-        if not 1 <= query.k <= self.settings.max_k:
-            raise InvalidArgument(f"must be in [1, {self.settings.max_k}], got {query.k}", "k")
-        if not 0 <= query.min_coverage <= 1:
-            raise InvalidArgument(f"must be in [0, 1], got {query.min_coverage}", "min_coverage")
-        if not 0 <= query.recall_target <= 1:
-            raise InvalidArgument(f"must be in [0, 1], got {query.recall_target}", "recall_target")
-        deadline = time.monotonic() + query.timeout_s
-        timer = Timer()
-        begin = time.perf_counter()
-        if query.kind == "id":
-            vector = await self._vector_of_item(query.collection, query.item_id, query.timeout_s)
-            version = ""
-            timer.lap("lookup")
-        else:
-            vector, version = await self._embed_query(query, config.dim, timer)
-
-        key = None
-        if not query.no_cache:
-            epoch = await self.cache.epoch(query.collection)
-            if epoch is not None:
-                key = self._result_key(query, vector, epoch)
-                payload = await self.cache.get_result(query.collection, key)
-                timer.lap("cache")
-                if payload is not None:
-                    result = _decode_result(payload)
-                    result.cached = True
-                    result.timings = timer.stages
-                    result.model_version = version
-                    metrics.SEARCH_SECONDS.labels(query.kind).observe(time.perf_counter() - begin)
-                    return result
-
-        k = query.k + 1 if query.kind == "id" else query.k  # the item itself is dropped below
+    async def _fan_out(self, query: Query, vector: np.ndarray, deadline: float) -> Gathered:
+        """Every shard's top-k under the deadline; fails below the requested coverage."""
         queries = vector[None, :].astype(np.float32)
+        exclude = [query.item_id] if query.kind == "id" else []
 
         async def call(shard: int, client: ShardClient):
-            return await client.search(
-                query.collection, queries, k, query.nprobe, query.recall_target, deadline - time.monotonic()
-            )
+            return await client.search(query.collection, queries, query.k, query.nprobe, query.recall_target,
+                                       deadline - time.monotonic(), exclude)  # fmt: skip
 
         gathered: Gathered = await gather_shards(self.shards, call, deadline - time.monotonic())
-        timer.lap("fanout")
         for shard, exc in gathered.failures.items():
-            if isinstance(exc, InvalidArgument | NotFound):
+            if isinstance(exc, ServiceError) and not isinstance(exc, Unavailable | DeadlineExceeded):
                 raise exc
             metrics.SHARD_ERRORS.labels(str(shard), type(exc).__name__).inc()
         for shard in gathered.timed_out:
@@ -250,37 +219,27 @@ class GatewayService:
             raise Unavailable(detail)
         for shard, answer in gathered.answers.items():
             self.generations[query.collection][shard] = answer.generation
+        return gathered
+
+    def _merge(self, query: Query, gathered: Gathered) -> SearchResult:
         hits = merge_topk(
-            [answer.hits[0] for answer in gathered.answers.values()],
-            k,
-            key=lambda h: (h.score, h.id),
+            [a.hits[0] for a in gathered.answers.values()], query.k, key=lambda h: (h.score, h.id)
         )
-        if query.kind == "id":
-            hits = [h for h in hits if h.id != query.item_id][: query.k]
-        timer.lap("merge")
-        result = SearchResult(
+        return SearchResult(
             hits=hits,
-            shards_answered=answered,
+            shards_answered=len(gathered.answers),
             shards_queried=len(self.shards),
             generations={s: a.generation for s, a in gathered.answers.items()},
             cached=False,
-            timings=timer.stages,
-            model_version=version,
         )
-        if key is not None and answered == len(self.shards):
-            # Keyed by the generations that answered, which the next lookup will also use.
-            key = self._result_key(query, vector, epoch)
-            await self.cache.set_result(query.collection, key, _encode_result(result))
-        metrics.SEARCH_SECONDS.labels(query.kind).observe(time.perf_counter() - begin)
-        return result
 
     # --- writes -------------------------------------------------------------------------------
 
     async def upsert(
         self, collection: str, items: Sequence[UpsertInput], timeout_s: float
     ) -> list[str | None]:
-        """Embed what needs embedding, route by id, write to the owning shards. Returns one error
-        per item (None: durable on its shard)."""
+        """validate -> embed -> route -> write -> invalidate. Returns one error per item (None: durable on
+        its shard, and no cached result from before the write is reachable)."""
         config = self.config(collection)
         if not items:
             raise InvalidArgument("no items", "items")
@@ -289,45 +248,15 @@ class GatewayService:
                 f"{len(items)} items, more than the limit of {self.settings.max_batch}", "items"
             )
         deadline = time.monotonic() + timeout_s
-        errors: list[str | None] = [None] * len(items)
-        vectors = np.zeros((len(items), config.dim), dtype=np.float32)
+        errors: list[str | None] = [
+            self._item_error(collection, config, i, item) for i, item in enumerate(items)
+        ]
         seen: set[str] = set()
-        images, texts = [], []
         for i, item in enumerate(items):
-            if not item.id or len(item.id.encode("utf-8")) > 512:
-                errors[i] = f"items[{i}].id: must be 1..512 bytes"
-            elif item.id in seen:
+            if errors[i] is None and item.id in seen:
                 errors[i] = f"items[{i}].id: duplicate id {item.id!r} in one request"
-            elif item.vector is not None:
-                try:
-                    vectors[i] = self._check_vector(item.vector, config.dim, f"items[{i}].vector")
-                except InvalidArgument as exc:
-                    errors[i] = str(exc)
-            elif item.image is not None:
-                images.append(i)
-            elif item.text is not None:
-                texts.append(i)
-            else:
-                errors[i] = f"items[{i}]: needs an image, a text or a vector"
             seen.add(item.id)
-        for kind, members in (("image", images), ("text", texts)):
-            if not members:
-                continue
-            try:
-                self._model(collection, kind)
-                if kind == "image":
-                    result = await self.embedder.embed_images([items[i].image for i in members])
-                else:
-                    result = await self.embedder.embed_texts([items[i].text for i in members])
-            except (InvalidArgument, EmbedderUnavailable) as exc:
-                for i in members:
-                    errors[i] = f"items[{i}].{kind}: {exc}"
-                continue
-            for j, i in enumerate(members):
-                if result.errors[j]:
-                    errors[i] = f"items[{i}].{kind}: {result.errors[j]}"
-                else:
-                    vectors[i] = result.vectors[j]
+        vectors = await self._item_vectors(items, errors, config.dim)
         by_shard: dict[int, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             if errors[i] is None:
@@ -342,17 +271,82 @@ class GatewayService:
                     [dict(items[i].metadata) for i in members],
                     max(deadline - time.monotonic(), 0.001),
                 )
-            except Exception as exc:
+            except ServiceError as exc:
                 for i in members:
-                    errors[i] = f"shard {shard}: {exc}"
+                    errors[i] = f"items[{i}]: {exc}"
 
-        await asyncio.gather(*(write(s, m) for s, m in by_shard.items()))
-        if any(e is None for e in errors):
-            await self.cache.bump_epoch(collection)
+        written = [i for members in by_shard.values() for i in members]
+        try:
+            await asyncio.gather(*(write(s, m) for s, m in by_shard.items()))
+        finally:
+            # Also after a failure, a timeout or a cancelled stream: a write may have landed anyway.
+            if written:
+                await self._invalidate(collection, written, errors)
         ok = sum(e is None for e in errors)
         metrics.ITEMS.labels("ok").inc(ok)
         metrics.ITEMS.labels("failed").inc(len(errors) - ok)
         return errors
+
+    def _item_error(self, collection: str, config, i: int, item: UpsertInput) -> str | None:
+        """Why item i cannot be written, in the public API's terms (None: fine so far)."""
+        if not item.id or len(item.id.encode("utf-8")) > MAX_ID_BYTES:
+            return f"items[{i}].id: must be 1..{MAX_ID_BYTES} bytes"
+        kind = item.kind
+        if kind is None:
+            return f"items[{i}]: needs an image, a text or a vector"
+        kinds = [k for k in accepted_kinds(collection) if k != "id"]
+        if kind not in kinds:
+            return (
+                f"items[{i}].{kind}: collection {collection!r} takes {' or '.join(kinds)} items, not {kind}s"
+            )
+        if kind == "vector":
+            try:
+                check_vector(item.vector, config.dim, f"items[{i}].vector")
+            except InvalidArgument as exc:
+                return str(exc)
+        encoded = json.dumps(dict(item.metadata), ensure_ascii=False, separators=(",", ":")).encode()
+        if item.metadata and len(encoded) > config.max_metadata_bytes:
+            return f"items[{i}].metadata: {len(encoded)} bytes, more than {config.max_metadata_bytes}"
+        return None
+
+    async def _item_vectors(
+        self, items: Sequence[UpsertInput], errors: list[str | None], dim: int
+    ) -> np.ndarray:
+        """[n, dim] vectors of the items without an error; images and texts embedded in batches (a bad
+        one gets its own error)."""
+        vectors = np.zeros((len(items), dim), dtype=np.float32)
+        by_kind: dict[str, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            if errors[i] is None:
+                by_kind[item.kind].append(i)
+        for i in by_kind.pop("vector", []):
+            vectors[i] = np.asarray(items[i].vector, dtype=np.float32).reshape(-1)
+        for kind, members in by_kind.items():
+            try:
+                if kind == "image":
+                    result = await self.embedder.embed_images([items[i].image for i in members])
+                else:
+                    result = await self.embedder.embed_texts([items[i].text for i in members])
+            except EmbedderUnavailable as exc:
+                for i in members:
+                    errors[i] = f"items[{i}].{kind}: embedder unavailable ({exc}); retry"
+                continue
+            for j, i in enumerate(members):
+                if result.errors[j]:
+                    errors[i] = f"items[{i}].{kind}: {result.errors[j]}"
+                else:
+                    vectors[i] = result.vectors[j]
+        return vectors
+
+    async def _invalidate(self, collection: str, written: list[int], errors: list[str | None]) -> None:
+        """Bump the collection's result-cache epoch before acknowledging; shielded, so a cancelled
+        stream still finishes it. If Redis does not confirm, the written items are reported failed."""
+        try:
+            await asyncio.shield(self.cache.invalidate([collection]))
+        except Unavailable as exc:
+            for i in written:
+                if errors[i] is None:
+                    errors[i] = f"items[{i}]: {exc}"
 
     async def delete(self, collection: str, ids: Sequence[str], timeout_s: float) -> tuple[int, list[str]]:
         self.config(collection)
@@ -361,16 +355,12 @@ class GatewayService:
         by_shard: dict[int, list[str]] = defaultdict(list)
         for item_id in dict.fromkeys(ids):
             by_shard[shard_for(item_id, len(self.shards))].append(item_id)
-
-        async def remove(shard: int, members: list[str]) -> tuple[int, list[str]]:
-            client = self.shards[shard]
-            _, missing = await client.get(collection, members, False, timeout_s)
-            present = [m for m in members if m not in set(missing)]
-            deleted = await client.delete(collection, present, timeout_s) if present else 0
-            return deleted, missing
-
-        results = await asyncio.gather(*(remove(s, m) for s, m in by_shard.items()))
-        await self.cache.bump_epoch(collection)
+        try:
+            results = await asyncio.gather(
+                *(self.shards[s].delete(collection, members, timeout_s) for s, members in by_shard.items())
+            )
+        finally:
+            await asyncio.shield(self.cache.invalidate([collection]))
         return sum(r[0] for r in results), [m for r in results for m in r[1]]
 
     async def get(self, collection: str, ids: Sequence[str], include_vectors: bool, timeout_s: float):
@@ -422,30 +412,9 @@ class GatewayService:
         return out
 
     async def ready(self) -> bool:
-        """Triton ready and enough shards answering Stats (`min_serving_shards`, default all)."""
-        if not await self.embedder.ready():
-            return False
+        """Readiness: at least `min_serving_shards` shards answer Stats as the shard their position in
+        the list says they are. Triton is not required: vector and id queries work without it."""
         gathered = await gather_shards(self.shards, lambda s, c: c.stats(1.0), 1.0)
-        return len(gathered.answers) >= (self.settings.min_serving_shards or len(self.shards))
-
-
-def _encode_result(result: SearchResult) -> bytes:
-    return json.dumps(
-        {
-            "hits": [[h.id, h.score, h.metadata] for h in result.hits],
-            "answered": result.shards_answered,
-            "queried": result.shards_queried,
-            "generations": result.generations,
-        }
-    ).encode()
-
-
-def _decode_result(payload: bytes) -> SearchResult:
-    data = json.loads(payload)
-    return SearchResult(
-        hits=[Hit(i, s, m) for i, s, m in data["hits"]],
-        shards_answered=data["answered"],
-        shards_queried=data["queried"],
-        generations={int(k): v for k, v in data["generations"].items()},
-        cached=True,
-    )
+        return len(gathered.answers) >= min(
+            self.settings.min_serving_shards or len(self.shards), len(self.shards)
+        )

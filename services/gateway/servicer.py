@@ -10,7 +10,8 @@ import numpy as np
 
 from semsearch.errors import InvalidArgument
 from semsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
-from services.gateway.service import GatewayService, Query, UpsertInput
+from services.gateway.domain import Query, UpsertInput
+from services.gateway.service import GatewayService
 
 STREAM_WINDOW = 4
 

@@ -1,36 +1,55 @@
-"""Async gRPC client of one indexer shard, returning domain values (no protobuf leaks out)."""
+"""Async gRPC client of one indexer shard, returning domain values; failures come out as
+semsearch.errors exceptions worded for the public API (shard number, never an address)."""
 
 from __future__ import annotations
+
+import logging
 
 import grpc
 import numpy as np
 
-from semsearch.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from semsearch.errors import DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable
+from semsearch.rpc import CHANNEL_OPTIONS
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
-from services.gateway.fanout import Hit, ShardHits
+from services.gateway.domain import Hit, ShardHits
 
-# Reconnect within a second of a shard coming back (the gRPC default backoff grows to 2 minutes).
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.use_local_subchannel_pool", 1),
-]
+log = logging.getLogger(__name__)
+
+
+class ShardMismatch(ServiceError):
+    """The shard refused a request the gateway had validated: a bug or a configuration mismatch
+    (INTERNAL for the client; the shard's own message goes to the log)."""
+
+
+class ShardMisconfigured(Unavailable):
+    """The process at a shard's address says it is another shard, or of another shard count."""
 
 
 class ShardClient:
-    """Calls one shard; gRPC errors come out as semsearch.errors exceptions naming the shard."""
+    """Calls shard `shard` of `num_shards`; every request carries that route, so a shard listed in the
+    wrong place refuses it instead of storing items where no one will look for them."""
 
-    def __init__(self, shard: int, address: str) -> None:
+    def __init__(self, shard: int, num_shards: int, address: str) -> None:
         self.shard = shard
+        self.num_shards = num_shards
         self.address = address
+        self.route = indexer_pb2.ShardRoute(shard=shard, num_shards=num_shards)
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = indexer_pb2_grpc.IndexerStub(self.channel)
 
+    @property
+    def name(self) -> str:
+        return f"shard {self.shard} of {self.num_shards}"
+
     async def search(
-        self, collection: str, queries: np.ndarray, k: int, nprobe: int, recall_target: float, timeout: float
+        self,
+        collection: str,
+        queries: np.ndarray,
+        k: int,
+        nprobe: int,
+        recall_target: float,
+        timeout: float,
+        exclude_ids: list[str] | None = None,
     ) -> ShardHits:
         request = indexer_pb2.ShardSearchRequest(
             collection=collection,
@@ -38,6 +57,8 @@ class ShardClient:
             k=k,
             nprobe=nprobe,
             recall_target=recall_target,
+            exclude_ids=exclude_ids or [],
+            route=self.route,
         )
         response = await self._rpc(self.stub.Search(request, timeout=timeout))
         hits = [[Hit(h.id, h.score, dict(h.metadata)) for h in r.hits] for r in response.results]
@@ -55,27 +76,23 @@ class ShardClient:
             common_pb2.Item(id=i, vector=common_pb2.Vector(values=v.tolist()), metadata=m)
             for i, v, m in zip(ids, vectors, metadata)
         ]
-        response = await self._rpc(
-            self.stub.Upsert(
-                indexer_pb2.ShardUpsertRequest(collection=collection, items=items), timeout=timeout
-            )
-        )
+        request = indexer_pb2.ShardUpsertRequest(collection=collection, items=items, route=self.route)
+        response = await self._rpc(self.stub.Upsert(request, timeout=timeout))
         return response.data_version
 
-    async def delete(self, collection: str, ids: list[str], timeout: float) -> int:
-        request = indexer_pb2.ShardDeleteRequest(collection=collection, ids=ids, ignore_missing=True)
+    async def delete(self, collection: str, ids: list[str], timeout: float) -> tuple[int, list[str]]:
+        """(deleted, ids that were not stored)."""
+        request = indexer_pb2.ShardDeleteRequest(collection=collection, ids=ids, route=self.route)
         response = await self._rpc(self.stub.Delete(request, timeout=timeout))
-        return response.count
+        return response.count, list(response.missing)
 
     async def get(
         self, collection: str, ids: list[str], include_vectors: bool, timeout: float
     ) -> tuple[list[tuple[str, np.ndarray | None, dict[str, str]]], list[str]]:
-        response = await self._rpc(
-            self.stub.Get(
-                indexer_pb2.ShardGetRequest(collection=collection, ids=ids, include_vectors=include_vectors),
-                timeout=timeout,
-            )
+        request = indexer_pb2.ShardGetRequest(
+            collection=collection, ids=ids, include_vectors=include_vectors, route=self.route
         )
+        response = await self._rpc(self.stub.Get(request, timeout=timeout))
         items = [
             (
                 it.id,
@@ -87,21 +104,39 @@ class ShardClient:
         return items, list(response.missing)
 
     async def stats(self, timeout: float) -> indexer_pb2.StatsResponse:
-        return await self._rpc(self.stub.Stats(indexer_pb2.StatsRequest(), timeout=timeout))
+        response = await self._rpc(self.stub.Stats(indexer_pb2.StatsRequest(), timeout=timeout))
+        if (response.shard, response.num_shards) != (self.shard, self.num_shards):
+            log.error(
+                "%s at %s says it is shard %d of %d: fix SEMSEARCH_SHARDS (shard order and count)",
+                self.name, self.address, response.shard, response.num_shards,
+            )  # fmt: skip
+            raise ShardMisconfigured(
+                f"{self.name} is misconfigured: the process at its address says it is shard {response.shard} "
+                f"of {response.num_shards}"
+            )
+        return response
 
     async def _rpc(self, call):
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
-            where = f"shard {self.shard} ({self.address})"
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceeded(f"{where} missed the deadline") from exc
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument(details) from exc
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(details) from exc
-            raise Unavailable(f"{where}: {code.name} {details}") from exc
+                raise DeadlineExceeded(f"{self.name} missed the deadline") from exc
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise ResourceExhausted(f"{self.name}: {details}") from exc
+            if code in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.NOT_FOUND,
+            ):
+                log.error("%s at %s refused a validated request: %s %s", self.name, self.address, code.name,
+                          details)  # fmt: skip
+                raise ShardMismatch(f"{self.name} refused the request") from exc
+            if code == grpc.StatusCode.UNAVAILABLE and "stopped taking writes" in details:
+                raise Unavailable(f"{self.name}: {details}") from exc
+            log.warning("%s at %s: %s %s", self.name, self.address, code.name, details)
+            raise Unavailable(f"{self.name} is unavailable") from exc
 
     async def close(self) -> None:
         await self.channel.close()

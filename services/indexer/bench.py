@@ -26,7 +26,7 @@ from tqdm import tqdm
 from semsearch.procs import ManagedProcess, free_port, port_open
 from semsearch.rpc import server_options
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
-from services.indexer import index_ops
+from services.indexer import search_ops
 from services.indexer.config import CollectionConfig
 from services.indexer.coordinator import train_collection, wait_for_rebuilds
 from services.indexer.launcher import ShardProcess
@@ -411,7 +411,7 @@ def bench(
             response = stub.Search(request, timeout=RPC_TIMEOUT_S)
             found.append(_ids_to_rows(response))
             served_nprobe, generation = response.nprobe, response.generation
-        recall = index_ops.recall_at_k(np.concatenate(found), truth, K)
+        recall = search_ops.recall_at_k(np.concatenate(found), truth, K)
 
         # The shard's own index, from the snapshot it writes after the swap (Snapshot waits for it).
         stub.Snapshot(indexer_pb2.SnapshotRequest(), timeout=RPC_TIMEOUT_S)
@@ -425,17 +425,19 @@ def bench(
         if json.loads((snap / "ids.json").read_text()) != [f"v{i}" for i in range(n)]:
             raise RuntimeError("slots do not follow insertion order; cannot map the index to the base")
         index = faiss.read_index(str(snap / "index.faiss"))
-        index_ops.set_nprobe(index, served_nprobe)
+        # The shard's search path: an id selector over the live slots (here all) and exact re-ranking.
+        params = search_ops.search_params(index, search_ops.bitmap(np.ones(n, dtype=bool)), served_nprobe)
         code_size = int(faiss.extract_index_ivf(index).code_size)
         # Re-rank against what the shard stores (float16 raw vectors are rounded the same way).
         raw = base if raw_dtype == "float32" else base.astype(raw_dtype)
 
         def inprocess(q: np.ndarray) -> np.ndarray:
             """Slots [m, K] of queries [m, d]: the shard's FAISS search + exact re-rank."""
-            _, candidates = index.search(q, depth)
-            return index_ops.rerank(q, candidates, lambda s: np.asarray(raw[s], dtype=np.float32), K)[1]
+            _, candidates = index.search(q, depth, params=params)
+            fetch = lambda s: np.asarray(raw[s], dtype=np.float32)  # noqa: E731
+            return search_ops.rerank(q, candidates, fetch, K, 1 << 30)[1]
 
-        recall_inprocess = index_ops.recall_at_k(inprocess(query_vectors), truth, K)
+        recall_inprocess = search_ops.recall_at_k(inprocess(query_vectors), truth, K)
 
         # One real response is the echo's answer: same hits, ids, scores, metadata.
         single = [

@@ -1,12 +1,21 @@
-"""One collection's slice on a shard: write-ahead log, raw vectors, FAISS index, snapshots, rebuilds."""
+"""One collection's slice on a shard: writes through the log, search, snapshots, rebuilds, compaction.
+
+Lock order (never taken the other way round): maintenance -> snapshot -> append -> apply -> index.
+- append: orders log records (LSN order); held only while a record is written, not while it is
+  fsync'd, so concurrent writers share fsyncs (group commit).
+- apply (a condition): the in-memory state; records are applied strictly in LSN order after their
+  fsync, so a write is durable and searchable when it returns.
+- index: FAISS is never searched while it is mutated.
+- snapshot: one snapshot at a time, from capture to publication (rebuild swaps hold it too).
+- maintenance: one rebuild or compaction at a time.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 import shutil
-import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -16,9 +25,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from semsearch.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.indexer import index_ops
+from semsearch.durable import atomic_write
+from semsearch.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.indexer import index_ops, records, search_ops, snapshots
 from services.indexer.config import CollectionConfig
+from services.indexer.items import ItemTable
 from services.indexer.store import VectorStore
 from services.indexer.wal import WriteAheadLog
 
@@ -30,7 +41,10 @@ REBUILD_CHUNK = 65_536
 # The recall table is re-measured on the rebuilt slice with this many stored vectors as queries.
 TABLE_QUERIES = 200
 TABLE_MIN_VECTORS = 5_000
-_UPSERT, _DELETE = b"U", b"D"
+# Dead rows (replaced or deleted items) are compacted away once they are this share of all rows and at
+# least COMPACT_MIN_DEAD: disk and memory then stay within 1/(1-share) = 1.33x of the live data.
+COMPACT_DEAD_SHARE = 0.25
+COMPACT_MIN_DEAD = 1_000
 
 
 @dataclass
@@ -39,63 +53,98 @@ class SearchOutcome:
 
     scores: np.ndarray
     slots: np.ndarray
+    items: ItemTable  # the table the slots refer to
     generation: int
-    data_version: int
     index: str
     nprobe: int
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass
+class _View:
+    """What one search reads, captured under the apply lock so that a concurrent swap or write cannot
+    mix two states."""
+
+    store: VectorStore
+    items: ItemTable
+    rows: int
+    packed: np.ndarray
+    allowed: np.ndarray
+    index: faiss.Index | None
+    generation: int
+    live: int
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def safe_normalize(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalise rows of float32 [n, d] without overflow (1e20 values square to inf in float32):
+    scale by the largest magnitude first, then normalise in float64. Zero rows stay zero."""
+    scale = np.abs(vectors).max(axis=1, keepdims=True).astype(np.float64)
+    scale[scale == 0] = 1.0
+    scaled = vectors / scale
+    norms = np.linalg.norm(scaled, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (scaled / norms).astype(np.float32)
 
 
 class Collection:
-    """Thread-safe: writes are serialised by a write lock (log order = apply order); FAISS is
-    never searched while it is mutated (index lock); a rebuild fills a private index and swaps it
-    in under both locks."""
-
-    def __init__(self, config: CollectionConfig, directory: Path, *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        config: CollectionConfig,
+        directory: Path,
+        *,
+        fsync: bool = True,
+        search_budget_bytes: int = 256 << 20,
+        min_free_bytes: int = 256 << 20,
+    ) -> None:
         self.config = config
         self.directory = Path(directory)
-        self.store = VectorStore(self.directory / f"vectors.{config.raw_dtype}", config.dim, config.raw_dtype)
+        self.fsync = fsync
+        self.search_budget_bytes = search_budget_bytes
+        self.min_free_bytes = min_free_bytes
         self.wal = WriteAheadLog(self.directory / "wal", fsync=fsync)
-        self._write_lock = threading.RLock()
+        self._append_lock = threading.Lock()
+        self._apply = threading.Condition()
         self._index_lock = threading.Lock()
-        self.ids: list[str] = []
-        self.slot_of: dict[str, int] = {}
-        self.metadata: list[str | None] = []
-        self._alive = np.zeros(0, dtype=bool)
-        self.count = 0
-        self.index: faiss.Index = faiss.IndexFlatIP(config.dim)
-        self.trained = False
+        self._snapshot_lock = threading.Lock()
+        self._maintenance_lock = threading.Lock()
+        # Applied state (guarded by _apply).
+        self.epoch = 0
+        self.store = self._new_store(0)
+        self.items = ItemTable()
+        self.index: faiss.Index | None = None  # None: exact search over the raw vectors
         self.factory = ""
         self.nprobe_table: list[tuple[int, float]] = []
-        self.default_nprobe = 1
+        self.default_nprobe = 0
+        self.template_bytes = 0
+        self.template_id = ""
         self.generation = 0
         self.lsn = 0
-        self.snapshot_lsn = 0
-        self.snapshot_generation = 0
+        self.broken: str | None = None
+        # Snapshot and rebuild bookkeeping.
+        self.snapshot_lsn = -1
+        self.snapshot_generation = -1
         self.rebuild_progress = 0.0
-        self._rebuild_thread: threading.Thread | None = None
         self.last_rebuild_seconds = 0.0
-        self.template_bytes = 0
+        self.rebuild_failures = 0
+        self._next_rebuild_at = 0.0
+        self._rebuild_thread: threading.Thread | None = None
 
     # --- properties ---------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def trained(self) -> bool:
+        return self.index is not None
+
+    @property
+    def index_name(self) -> str:
+        return self.factory if self.trained else "exact"
+
+    @property
+    def count(self) -> int:
+        return self.items.count
 
     @property
     def data_version(self) -> int:
@@ -106,135 +155,77 @@ class Collection:
     def rebuilding(self) -> bool:
         return self._rebuild_thread is not None and self._rebuild_thread.is_alive()
 
-    @property
-    def index_name(self) -> str:
-        return self.factory if self.trained else "exact"
+    def _new_store(self, epoch: int) -> VectorStore:
+        return VectorStore(self.directory / f"vectors-{epoch:06d}.{self.config.raw_dtype}", self.config.dim,
+                           self.config.raw_dtype)  # fmt: skip
 
-    # --- load / snapshot ----------------------------------------------------------------------
+    # --- load ---------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the latest snapshot, then replay the log records written after it."""
+        """Load the published snapshot, replay the log after it, and resume a pending rebuild."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        manifest = self._read_current()
+        manifest = snapshots.read_current(self.directory)
         if manifest is None:
             self.store.open(0)
         else:
             snap = self.directory / manifest["dir"]
+            self.epoch = manifest["epoch"]
+            self.store = self._new_store(self.epoch)
             self.store.open(manifest["rows"])
-            self.ids = json.loads((snap / "ids.json").read_text())
-            self.metadata = json.loads((snap / "metadata.json").read_text())
-            self._alive = np.load(snap / "alive.npy")
-            self.slot_of = {item_id: slot for slot, item_id in enumerate(self.ids) if self._alive[slot]}
-            self.count = int(self._alive[: manifest["rows"]].sum())
+            self.items = ItemTable.load(snap, manifest["rows"])
             self.generation = self.snapshot_generation = manifest["generation"]
             self.lsn = self.snapshot_lsn = manifest["lsn"]
-            self.trained = manifest["trained"]
-            if self.trained:
+            if manifest["trained"]:
                 self.index = faiss.read_index(str(snap / "index.faiss"))
-                self.factory = manifest["factory"]
-                self.nprobe_table = [tuple(x) for x in manifest["nprobe_table"]]
-                self.template_bytes = manifest["template_bytes"]
-                self.default_nprobe = index_ops.nprobe_for_recall(
-                    self.nprobe_table, self.config.recall_target
+                self._set_index_settings(
+                    manifest["factory"], manifest["nprobe_table"], manifest["template_bytes"]
                 )
-            else:
-                self._fill_flat()
+                self.template_id = manifest["template_id"]
+            snapshots.remove_unpublished(self.directory, keep=manifest["dir"])
+        for stale in self.directory.glob("vectors-*"):
+            if stale != self.store.path:
+                stale.unlink()  # a compaction that never published
         self.wal.open()
         replayed = 0
         for lsn, payload in self.wal.replay(self.lsn):
-            self._apply(payload)
+            self._apply_record(records.decode(payload, self.config.dim))
             self.lsn = lsn
             replayed += 1
         log.info(
-            "collection %s: %d vectors, generation %d, index %s, lsn %d (%d replayed from the log)",
-            self.name, self.count, self.generation, self.index_name, self.lsn, replayed,
+            "collection %s: %d vectors (%d rows), generation %d, index %s, lsn %d (%d replayed from the log)",
+            self.name, self.count, self.items.rows, self.generation, self.index_name, self.lsn, replayed,
         )  # fmt: skip
 
-    def _fill_flat(self) -> None:
-        self.index = faiss.IndexFlatIP(self.config.dim)
-        for start in range(0, self.store.rows, REBUILD_CHUNK):
-            self.index.add(self.store.get(np.arange(start, min(start + REBUILD_CHUNK, self.store.rows))))
-
-    def _read_current(self) -> dict | None:
-        current = self.directory / "CURRENT"
-        if not current.exists():
-            return None
-        manifest = json.loads((self.directory / current.read_text().strip() / "manifest.json").read_text())
-        manifest["dir"] = current.read_text().strip()
-        return manifest
-
-    def snapshot(self) -> bool:
-        """Write index, id map, metadata and log position atomically; drop covered log segments.
-        Returns False when nothing changed since the last snapshot."""
-        with self._write_lock:
-            unchanged = self.lsn == self.snapshot_lsn and self.generation == self.snapshot_generation
-            if unchanged and (self.directory / "CURRENT").exists():
-                return False
-            self.store.flush()
-            name = f"snap-{self.lsn:020d}-{self.generation:06d}"
-            tmp = self.directory / f".{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            rows = self.store.rows
-            _write_file(tmp / "ids.json", json.dumps(self.ids).encode())
-            _write_file(tmp / "metadata.json", json.dumps(self.metadata).encode())
-            with open(tmp / "alive.npy", "wb") as f:
-                np.save(f, self._alive[:rows])
-                f.flush()
-                os.fsync(f.fileno())
-            if self.trained:
-                faiss.write_index(self.index, str(tmp / "index.faiss"))
-            manifest = {
-                "lsn": self.lsn,
-                "rows": rows,
-                "generation": self.generation,
-                "trained": self.trained,
-                "factory": self.factory,
-                "nprobe_table": self.nprobe_table,
-                "template_bytes": self.template_bytes,
-                "dim": self.config.dim,
-            }
-            _write_file(tmp / "manifest.json", json.dumps(manifest).encode())
-            _fsync_dir(tmp)
-            os.replace(tmp, self.directory / name)
-            _write_file(self.directory / "CURRENT.tmp", name.encode())
-            os.replace(self.directory / "CURRENT.tmp", self.directory / "CURRENT")
-            _fsync_dir(self.directory)
-            self.snapshot_lsn = self.lsn
-            self.snapshot_generation = self.generation
-        for old in self.directory.glob("snap-*"):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-        self.wal.truncate_before(self.snapshot_lsn)
-        return True
-
-    def close(self) -> None:
-        if self._rebuild_thread is not None:
-            self._rebuild_thread.join()
-        self.wal.close()
-        self.store.close()
+    def _set_index_settings(self, factory: str, table: list, template_bytes: int) -> None:
+        self.factory = factory
+        self.nprobe_table = [(int(n), float(r)) for n, r in table]
+        self.template_bytes = template_bytes
+        self.default_nprobe = index_ops.nprobe_for_recall(self.nprobe_table, self.config.recall_target)
 
     # --- writes -------------------------------------------------------------------------------
 
-    def _validate_vectors(self, vectors: np.ndarray, field: str) -> np.ndarray:
+    def validate_vectors(self, vectors: np.ndarray, field: str) -> np.ndarray:
+        """float32 [n, dim], finite, normalised per the collection's policy."""
+        vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.config.dim:
-            raise InvalidArgument(
-                f"expected {self.config.dim} values per vector, got "
-                f"{vectors.shape[1] if vectors.ndim == 2 else vectors.shape}",
-                field,
-            )
-        if not np.isfinite(vectors).all():
-            bad = int(np.nonzero(~np.isfinite(vectors).all(axis=1))[0][0])
-            raise InvalidArgument(f"vector {bad} contains NaN or Inf", field)
-        norms = np.linalg.norm(vectors, axis=1)
+            got = vectors.shape[1] if vectors.ndim == 2 else vectors.shape
+            raise InvalidArgument(f"expected {self.config.dim} values per vector, got {got}", field)
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            raise InvalidArgument(f"vector {int(np.argmin(finite))} contains NaN or Inf", field)
         if self.config.normalize == "normalize":
-            if (norms == 0).any():
-                raise InvalidArgument(f"vector {int(np.argmin(norms))} is all zeros", field)
-            vectors = vectors / norms[:, None]
-        elif self.config.normalize == "unit" and (np.abs(norms - 1) > 1e-3).any():
-            bad = int(np.argmax(np.abs(norms - 1)))
-            raise InvalidArgument(f"vector {bad} has norm {norms[bad]:.4f}, the collection needs 1", field)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+            zero = ~vectors.any(axis=1)
+            if zero.any():
+                raise InvalidArgument(f"vector {int(np.argmax(zero))} is all zeros", field)
+            vectors = safe_normalize(vectors)
+        elif self.config.normalize == "unit":
+            norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+            if (np.abs(norms - 1) > 1e-3).any():
+                bad = int(np.argmax(np.abs(norms - 1)))
+                raise InvalidArgument(
+                    f"vector {bad} has norm {norms[bad]:.4f}, the collection needs 1", field
+                )
+        return np.ascontiguousarray(vectors)
 
     def upsert(
         self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, str]]
@@ -248,95 +239,116 @@ class Collection:
                 raise InvalidArgument(f"must be 1..{MAX_ID_BYTES} bytes", f"items[{i}].id")
         if len(set(ids)) != len(ids):
             raise InvalidArgument("duplicate ids in one batch", "items.id")
-        vectors = self._validate_vectors(np.asarray(vectors, dtype=np.float32), "items.vector")
+        vectors = self.validate_vectors(vectors, "items.vector")
         metas = []
         for i, meta in enumerate(metadata):
             encoded = json.dumps(dict(meta), ensure_ascii=False, separators=(",", ":")) if meta else None
-            if encoded and len(encoded) > self.config.max_metadata_bytes:
+            if encoded and len(encoded.encode()) > self.config.max_metadata_bytes:
                 raise InvalidArgument(
-                    f"{len(encoded)} bytes, more than {self.config.max_metadata_bytes}",
+                    f"{len(encoded.encode())} bytes, more than {self.config.max_metadata_bytes}",
                     f"items[{i}].metadata",
                 )
             metas.append(encoded)
-        header = json.dumps({"ids": list(ids), "metadata": metas}).encode()
-        payload = _UPSERT + struct.pack("<I", len(header)) + header + vectors.tobytes()
-        with self._write_lock:
-            self.lsn = self.wal.append([payload])
-            self._apply_upsert(list(ids), vectors, metas)
-            return self.lsn, self.data_version
+        record = records.Upsert(list(ids), metas, vectors)
+        lsn = self._log(records.encode(record), reserve_rows=len(ids))
+        self._apply_in_order(lsn, record)
+        return lsn, lsn + self.generation
 
-    def delete(self, ids: Sequence[str], ignore_missing: bool = False) -> tuple[int, int, int]:
-        """Delete items by id; returns (deleted count, lsn, data_version)."""
+    def delete(self, ids: Sequence[str]) -> tuple[int, list[str], int, int]:
+        """Delete items by id; returns (deleted, ids not stored, lsn, data_version)."""
         if not ids:
             raise InvalidArgument("no ids", "ids")
-        with self._write_lock:
-            missing = [i for i in ids if i not in self.slot_of]
-            if missing and not ignore_missing:
-                shown = ", ".join(repr(m) for m in missing[:5])
-                raise NotFound(f"{len(missing)} unknown id(s): {shown}; nothing deleted", "ids")
-            present = list(dict.fromkeys(i for i in ids if i in self.slot_of))
-            if not present:
-                return 0, self.lsn, self.data_version
-            payload = _DELETE + json.dumps({"ids": present}).encode()
-            self.lsn = self.wal.append([payload])
-            self._apply_delete(present)
-            return len(present), self.lsn, self.data_version
+        record = records.Delete(list(dict.fromkeys(ids)))
+        lsn = self._log(records.encode(record), reserve_rows=0)
+        deleted, missing = self._apply_in_order(lsn, record)
+        return deleted, missing, lsn, lsn + self.generation
 
-    def _apply(self, payload: bytes) -> None:
-        kind = payload[:1]
-        if kind == _UPSERT:
-            (size,) = struct.unpack_from("<I", payload, 1)
-            header = json.loads(payload[5 : 5 + size])
-            vectors = np.frombuffer(payload[5 + size :], dtype=np.float32).reshape(-1, self.config.dim)
-            self._apply_upsert(header["ids"], vectors, header["metadata"])
-        elif kind == _DELETE:
-            self._apply_delete(json.loads(payload[1:])["ids"])
-        else:
-            raise RuntimeError(f"collection {self.name}: unknown log record kind {kind!r}")
+    def _check_writable(self, nbytes: int) -> None:
+        if self.broken:
+            raise Unavailable(
+                f"collection {self.name} stopped taking writes on this shard ({self.broken}); "
+                "searches go on, "
+                "and restarting the shard replays its log"
+            )
+        free = shutil.disk_usage(self.directory).free
+        if free - nbytes < self.min_free_bytes:
+            raise ResourceExhausted(
+                f"the shard's disk is nearly full ({free >> 20} MB free, "
+                f"{self.min_free_bytes >> 20} MB are kept "
+                "in reserve): writes are refused until space is freed; searches go on"
+            )
 
-    def _grow_alive(self, rows: int) -> None:
-        if rows > len(self._alive):
-            grown = np.zeros(max(rows, 2 * len(self._alive), 1024), dtype=bool)
-            grown[: len(self._alive)] = self._alive
-            self._alive = grown
+    def _log(self, payload: bytes, *, reserve_rows: int) -> int:
+        """Write a record and wait for its fsync (shared with concurrent writers); returns its LSN."""
+        self._check_writable(len(payload) + reserve_rows * self.store.row_bytes)
+        with self._append_lock:
+            try:
+                self.store.reserve(reserve_rows)
+            except OSError as exc:
+                raise ResourceExhausted(
+                    f"no disk space for {reserve_rows} more vectors: {exc.strerror}"
+                ) from exc
+            try:
+                lsn = self.wal.write([payload])
+            except OSError as exc:
+                self.store.cancel(reserve_rows)
+                if self.wal.broken:
+                    self._mark_broken(f"the write-ahead log failed: {self.wal.broken}")
+                raise ResourceExhausted(f"the write-ahead log could not be written: {exc.strerror}") from exc
+        try:
+            self.wal.sync(lsn)
+        except Exception as exc:
+            self._mark_broken(f"the write-ahead log failed to fsync: {exc}")
+            raise Unavailable(f"collection {self.name}: the write could not be made durable ({exc})") from exc
+        return lsn
 
-    def _apply_upsert(self, ids: list[str], vectors: np.ndarray, metas: list[str | None]) -> None:
-        first = self.store.append(vectors)
-        slots = np.arange(first, first + len(ids), dtype=np.int64)
-        self._grow_alive(first + len(ids))
-        with self._index_lock:
-            if self.trained:
-                self.index.add_with_ids(vectors, slots)
-            else:
-                self.index.add(vectors)
-        self.ids.extend(ids)
-        self.metadata.extend(metas)
-        for item_id, slot in zip(ids, slots.tolist()):
-            old = self.slot_of.get(item_id)
-            if old is None:
-                self.count += 1
-            else:
-                self._alive[old] = False
-            self.slot_of[item_id] = slot
-        self._alive[first : first + len(ids)] = True
+    def _mark_broken(self, why: str) -> None:
+        with self._apply:
+            if not self.broken:
+                log.error("collection %s: %s; writes are refused until the shard restarts", self.name, why)
+                self.broken = why
+            self._apply.notify_all()
 
-    def _apply_delete(self, ids: list[str]) -> None:
-        for item_id in ids:
-            slot = self.slot_of.pop(item_id, None)
-            if slot is not None:
-                self._alive[slot] = False
-                self.count -= 1
+    def _apply_in_order(self, lsn: int, record: records.Upsert | records.Delete):
+        with self._apply:
+            while self.lsn < lsn - 1 and not self.broken:
+                self._apply.wait()
+            if self.broken:
+                raise Unavailable(
+                    f"collection {self.name} stopped taking writes on this shard ({self.broken})"
+                )
+            try:
+                result = self._apply_record(record)
+            except Exception as exc:
+                # The record is in the log, but memory does not hold it: refuse writes until a restart
+                # replays the log, rather than let slots and ids drift apart.
+                log.exception("collection %s: applying log record %d failed", self.name, lsn)
+                self.broken = f"applying log record {lsn} failed: {type(exc).__name__}"
+                self._apply.notify_all()
+                raise Unavailable(
+                    f"collection {self.name}: the write is in the log but could not be applied; the shard "
+                    "takes no more writes until it restarts"
+                ) from exc
+            self.lsn = lsn
+            self._apply.notify_all()
+            return result
+
+    def _apply_record(self, record: records.Upsert | records.Delete):
+        """Apply one logged record to the store, the index and the item table (apply lock held)."""
+        if isinstance(record, records.Delete):
+            return self.items.remove(record.ids)
+        first = self.store.append(record.vectors)
+        if self.index is not None:
+            with self._index_lock:
+                self.index.add_with_ids(
+                    record.vectors, np.arange(first, first + len(record.ids), dtype=np.int64)
+                )
+        return self.items.add(first, record.ids, record.metadata)
 
     # --- reads --------------------------------------------------------------------------------
 
-    def validate_queries(self, queries: np.ndarray) -> np.ndarray:
-        if len(queries) == 0:
-            raise InvalidArgument("no queries", "queries")
-        queries = self._validate_vectors(np.asarray(queries, dtype=np.float32), "queries")
-        return queries
-
     def resolve_nprobe(self, nprobe: int, recall_target: float) -> int:
-        if not self.trained:
+        if self.index is None:
             return 0
         if nprobe:
             return min(nprobe, index_ops.nlist(self.index))
@@ -344,65 +356,122 @@ class Collection:
             return index_ops.nprobe_for_recall(self.nprobe_table, recall_target)
         return self.default_nprobe
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int, rerank_depth: int) -> SearchOutcome:
-        """Top-k of validated queries [q, d]: IVF candidates re-ranked exactly against the raw
-        vectors, or exact search before the index is trained. Deleted items never appear."""
-        alive_share = max(self.count, 1) / max(self.store.rows, 1)
-        with self._index_lock:
-            index, trained, generation = self.index, self.trained, self.generation
-            if trained:
-                depth = min(
-                    int(np.ceil(max(rerank_depth, k) / max(alive_share, 0.25))), 4 * max(rerank_depth, k)
-                )
-                index_ops.set_nprobe(index, nprobe)
-                _, candidates = index.search(queries, depth)
-            else:
-                depth = min(int(np.ceil(k / max(alive_share, 0.05))) + 8, max(self.store.rows, 1))
-                scores, candidates = index.search(queries, depth)
-        candidates = np.where(candidates >= 0, candidates, -1)
-        dead = candidates >= 0
-        dead[dead] = ~self._alive[candidates[dead]]
-        candidates[dead] = -1
-        if trained:
-            scores, slots = index_ops.rerank(queries, candidates, self.store.get, k)
-        else:
-            scores = np.where(candidates >= 0, scores, -np.inf).astype(np.float32)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            scores = np.take_along_axis(scores, order, axis=1)
-            slots = np.take_along_axis(candidates, order, axis=1)
-            if slots.shape[1] < k:
-                pad = k - slots.shape[1]
-                scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-                slots = np.pad(slots, ((0, 0), (0, pad)), constant_values=-1)
-        return SearchOutcome(scores, slots, generation, self.data_version, self.index_name, nprobe)
+    def check_search_budget(self, k: int, depth: int) -> None:
+        """RESOURCE_EXHAUSTED for a query whose candidates alone would exceed the search budget."""
+        if self.index is not None:
+            search_ops.check_budget(1, max(depth, k), self.config.dim, self.search_budget_bytes,
+                                    f"k={k} with re-rank depth {max(depth, k)}")  # fmt: skip
 
-    def item(self, slot: int) -> tuple[str, dict[str, str]]:
-        meta = self.metadata[slot]
-        return self.ids[slot], (json.loads(meta) if meta else {})
+    def _view(self) -> _View:
+        with self._apply:
+            rows = self.items.rows
+            return _View(self.store, self.items, rows, self.items.packed(), self.items.alive(rows),
+                         self.index, self.generation, self.items.count)  # fmt: skip
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int, depth: int) -> SearchOutcome:
+        """Top-k live items of validated queries [q, d]: IVF candidates (dead slots excluded by an id
+        selector) re-ranked exactly against the raw vectors, or an exact scan before training. A query
+        gets k hits whenever the slice holds k live items: lists are probed wider until it does."""
+        view = self._view()
+        budget = self.search_budget_bytes
+        if view.index is None:
+            scores, slots = search_ops.exact_topk(
+                queries, lambda s, e: np.asarray(view.store.view(s, e), dtype=np.float32), view.rows,
+                view.allowed, k, budget)  # fmt: skip
+            return SearchOutcome(scores, slots, view.items, view.generation, "exact", 0)
+        depth = max(depth, k)
+        nlist = index_ops.nlist(view.index)
+        scores, slots = self._ivf_search(view, queries, k, nprobe, depth)
+        wanted = min(k, view.live)
+        probe = nprobe
+        short = np.nonzero((slots >= 0).sum(axis=1) < wanted)[0]
+        while len(short) and probe < nlist:
+            probe = min(nlist, probe * 2)
+            more_scores, more_slots = self._ivf_search(view, queries[short], k, probe, depth)
+            scores[short], slots[short] = more_scores, more_slots
+            short = short[(more_slots >= 0).sum(axis=1) < wanted]
+        return SearchOutcome(scores, slots, view.items, view.generation, self.factory, nprobe)
+
+    def _ivf_search(self, view: _View, queries: np.ndarray, k: int, nprobe: int, depth: int):
+        params = search_ops.search_params(view.index, view.packed, nprobe)
+        step = search_ops.chunks_for(len(queries), depth * self.config.dim * 4, self.search_budget_bytes)
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        slots = np.empty((len(queries), k), dtype=np.int64)
+        for begin in range(0, len(queries), step):
+            end = min(begin + step, len(queries))
+            with self._index_lock:
+                _, candidates = view.index.search(queries[begin:end], depth, params=params)
+            scores[begin:end], slots[begin:end] = search_ops.rerank(
+                queries[begin:end], candidates, view.store.get, k, self.search_budget_bytes
+            )
+        return scores, slots
 
     def get(self, ids: Sequence[str]) -> tuple[list[tuple[str, np.ndarray, dict[str, str]]], list[str]]:
         """Stored items (id, vector, metadata) and the ids that are not stored."""
         found, missing = [], []
-        for item_id in ids:
-            slot = self.slot_of.get(item_id)
-            if slot is None:
-                missing.append(item_id)
-            else:
-                _, meta = self.item(slot)
-                found.append((item_id, self.store.get(np.array([slot]))[0], meta))
+        with self._apply:
+            for item_id in ids:
+                slot = self.items.slot_of.get(item_id)
+                if slot is None:
+                    missing.append(item_id)
+                else:
+                    _, meta = self.items.item(slot)
+                    found.append((item_id, self.store.get(np.array([slot]))[0], meta))
         return found, missing
 
     def sample(self, n: int, seed: int) -> np.ndarray:
-        """Up to n stored vectors chosen uniformly at random (float32 [m, d])."""
-        alive = np.nonzero(self._alive[: self.store.rows])[0]
+        """Up to n live vectors chosen uniformly at random (float32 [m, d])."""
+        view = self._view()
+        alive = np.nonzero(view.allowed)[0]
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(alive, size=min(n, len(alive)), replace=False)) if len(alive) else alive
-        return self.store.get(chosen)
+        return view.store.get(chosen)
 
-    # --- rebuild ------------------------------------------------------------------------------
+    # --- snapshots ----------------------------------------------------------------------------
+
+    def snapshot(self) -> bool:
+        """Publish a snapshot of the applied state and drop the log segments it covers. Returns False
+        when nothing changed since the last one."""
+        with self._snapshot_lock:
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> bool:
+        with self._apply:
+            if self.lsn == self.snapshot_lsn and self.generation == self.snapshot_generation:
+                return False
+            lsn, generation, rows, store = self.lsn, self.generation, self.items.rows, self.store
+            table = self.items.snapshot_copy(rows)
+            index_bytes = None
+            if self.index is not None:
+                with self._index_lock:
+                    index_bytes = index_ops.serialize(self.index)
+            manifest = {
+                "lsn": lsn, "rows": rows, "epoch": self.epoch, "generation": generation,
+                "trained": self.index is not None, "factory": self.factory, "nprobe_table": self.nprobe_table,
+                "template_bytes": self.template_bytes, "template_id": self.template_id,
+                "dim": self.config.dim,
+            }  # fmt: skip
+        store.flush()  # rows below `rows` never change again, so they can be flushed outside the lock
+        snapshots.publish(self.directory, manifest, lambda folder: table.save(folder, rows), index_bytes)
+        self.snapshot_lsn, self.snapshot_generation = lsn, generation
+        self.wal.truncate_before(lsn)
+        return True
+
+    def close(self) -> None:
+        if self._rebuild_thread is not None:
+            self._rebuild_thread.join()
+        self.wal.close()
+        self.store.close()
+
+    # --- rebuilds and compaction ------------------------------------------------------------------
+
+    @property
+    def _template_file(self) -> Path:
+        return self.directory / "template.faiss"
 
     def install_template(self, data: bytes, factory: str, table: list[tuple[int, float]]) -> int:
-        """Start a background rebuild from a trained template; returns the next generation."""
+        """Keep a trained template (durably) and rebuild from it in the background; returns the next
+        generation. A rebuild that fails is retried by maintenance(), also after a restart."""
         try:
             template = index_ops.deserialize(data)
         except Exception as exc:
@@ -417,101 +486,167 @@ class Collection:
             raise InvalidArgument("template must use the inner-product metric", "index")
         if not table:
             raise InvalidArgument("empty", "nprobe_table")
-        with self._write_lock:
-            if self.rebuilding:
-                raise FailedPrecondition(f"collection {self.name} is already rebuilding")
-            self.rebuild_progress = 0.0
-            self._rebuild_thread = threading.Thread(
-                target=self._rebuild,
-                args=(template, factory, table),
-                name=f"rebuild-{self.name}",
-                daemon=True,
-            )
-            self._rebuild_thread.start()
+        with self._apply:
+            atomic_write(self._template_file, data)
+            meta = {"factory": factory, "table": table, "id": hashlib.sha256(data).hexdigest()[:16]}
+            atomic_write(self.directory / "template.json", json.dumps(meta).encode())
+            self.rebuild_failures = 0
+            self._next_rebuild_at = 0.0
+            if not self.rebuilding:  # else maintenance() starts it when the running one ends
+                self._start_rebuild()
             return self.generation + 1
 
-    def _add_rows(self, index: faiss.Index, start: int, end: int) -> None:
-        slots = np.arange(start, end, dtype=np.int64)
-        keep = slots[self._alive[start:end]]
-        if len(keep):
-            index.add_with_ids(self.store.get(keep), keep)
+    def _installed_template(self) -> dict | None:
+        path = self.directory / "template.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
-    def _rebuild(self, template: faiss.Index, factory: str, table: list[tuple[int, float]]) -> None:
+    @property
+    def installed_template_id(self) -> str:
+        """Id of the installed template (serving or still being built), "" before training."""
+        meta = self._installed_template()
+        return meta["id"] if meta else ""
+
+    def _pending_template(self) -> dict | None:
+        """The installed template's settings when the serving index is not built from it yet."""
+        meta = self._installed_template()
+        return meta if meta is not None and meta["id"] != self.template_id else None
+
+    def _start_rebuild(self) -> None:
+        self.rebuild_progress = 0.0
+        self._rebuild_thread = threading.Thread(
+            target=self._rebuild, name=f"rebuild-{self.name}", daemon=True
+        )
+        self._rebuild_thread.start()
+
+    def needs_compaction(self) -> bool:
+        dead = self.items.dead
+        return dead >= COMPACT_MIN_DEAD and dead >= COMPACT_DEAD_SHARE * self.items.rows
+
+    def maintenance(self) -> None:
+        """Start a due rebuild (a pending template, with back-off after failures) or compaction."""
+        if self.rebuilding or self.broken or time.monotonic() < self._next_rebuild_at:
+            return
+        if self._pending_template() is not None or self.needs_compaction():
+            with self._apply:
+                if not self.rebuilding:
+                    self._start_rebuild()
+
+    def compact(self) -> None:
+        """Rebuild now in the calling thread (tests and tools)."""
+        self._rebuild()
+
+    def _rebuild(self) -> None:
         begin = time.perf_counter()
-        template_bytes = len(index_ops.serialize(template))
         try:
-            rows = self.store.rows
-            log.info("collection %s: rebuilding %s over %d rows", self.name, factory, rows)
-            for start in range(0, rows, REBUILD_CHUNK):
-                self._add_rows(template, start, min(start + REBUILD_CHUNK, rows))
-                self.rebuild_progress = 0.95 * min(start + REBUILD_CHUNK, rows) / max(rows, 1)
-            table = self._measure_table(template, rows) or table
-            with self._write_lock:
-                # Writes that arrived during the rebuild went to the old index and the store.
-                self._add_rows(template, rows, self.store.rows)
-                with self._index_lock:
-                    self.index = template
-                    self.trained = True
-                    self.factory = factory
-                    self.nprobe_table = [(int(n), float(r)) for n, r in table]
-                    self.default_nprobe = index_ops.nprobe_for_recall(
-                        self.nprobe_table, self.config.recall_target
-                    )
-                    self.template_bytes = template_bytes
-                    self.generation += 1
-                self.rebuild_progress = 1.0
+            with self._maintenance_lock:
+                self._rebuild_locked()
+            self.rebuild_failures = 0
             self.last_rebuild_seconds = time.perf_counter() - begin
-            log.info(
-                "collection %s: generation %d (%s, default nprobe %d) swapped in after %.1fs",
-                self.name, self.generation, factory, self.default_nprobe, self.last_rebuild_seconds,
-            )  # fmt: skip
-            self.snapshot()
         except Exception:
-            log.exception("collection %s: rebuild failed; the previous index keeps serving", self.name)
+            self.rebuild_failures += 1
+            delay = min(600.0, 10.0 * 2 ** (self.rebuild_failures - 1))
+            self._next_rebuild_at = time.monotonic() + delay
+            log.exception("collection %s: rebuild failed (%d in a row); the previous index keeps serving, "
+                          "retry in %.0fs", self.name, self.rebuild_failures, delay)  # fmt: skip
+        finally:
             self.rebuild_progress = 0.0
 
-    def _measure_table(self, index: faiss.Index, rows: int, k: int = 10) -> list[tuple[int, float]]:
-        """recall@k per nprobe of the rebuilt index over this shard's whole slice, with the default
-        re-rank depth, against exact search over the raw vectors; the queries are stored vectors
-        (each left out of its own results). The coordinator's table comes from a training sample,
-        which is denser per list than the full collection and so optimistic (at 1M vectors it
-        promised 0.967 at nprobe 4 where the index gave 0.949). Empty for small slices."""
-        alive = np.nonzero(self._alive[:rows])[0]
-        if len(alive) < TABLE_MIN_VECTORS:
+    def _rebuild_locked(self) -> None:
+        """Write the live rows into a new vector file (dropping dead rows), fill a new index (from the
+        installed template, if any) and swap both in; searches go on against the old ones meanwhile."""
+        template = self._installed_template()
+        if template is not None:
+            template_data, factory, table = (
+                self._template_file.read_bytes(),
+                template["factory"],
+                template["table"],
+            )
+        else:
+            template_data, factory, table = None, "", []
+        with self._apply:
+            rows = self.items.rows
+            live = np.nonzero(self.items.alive(rows))[0]
+        epoch = self.epoch + 1
+        store = self._new_store(epoch)
+        store.path.unlink(missing_ok=True)
+        store.open(0)
+        index = index_ops.deserialize(template_data) if template_data is not None else None
+        log.info("collection %s: rebuilding %s over %d live of %d rows", self.name, factory or "exact",
+                 len(live),
+                 rows)  # fmt: skip
+        store.reserve(len(live), exact=True)
+        for start in range(0, len(live), REBUILD_CHUNK):
+            chunk = self.store.get(live[start : start + REBUILD_CHUNK])
+            first = store.append(chunk)
+            if index is not None:
+                index.add_with_ids(chunk, np.arange(first, first + len(chunk), dtype=np.int64))
+            self.rebuild_progress = 0.9 * min(start + REBUILD_CHUNK, len(live)) / max(len(live), 1)
+        if index is not None:
+            table = self._measure_table(index, store, len(live)) or table
+        with self._snapshot_lock:
+            with self._apply:
+                # Rows written during the rebuild are copied now; rows copied earlier that died since
+                # stay dead in the new table.
+                tail = np.arange(rows, self.items.rows)
+                tail = tail[self.items.alive()[rows:]]
+                if len(tail):
+                    store.reserve(len(tail))
+                    chunk = self.store.get(tail)
+                    first = store.append(chunk)
+                    if index is not None:
+                        index.add_with_ids(chunk, np.arange(first, first + len(chunk), dtype=np.int64))
+                items = self.items.remapped(np.concatenate([live, tail]))
+                old_store = self.store
+                with self._index_lock:
+                    self.store, self.items, self.index, self.epoch = store, items, index, epoch
+                    if index is not None:
+                        self._set_index_settings(factory, table, len(template_data))
+                        self.template_id = template["id"]
+                    self.generation += 1
+            log.info("collection %s: generation %d (%s, %d rows, default nprobe %d) swapped in", self.name,
+                     self.generation, self.index_name, items.rows, self.default_nprobe)  # fmt: skip
+            self._snapshot_locked()
+        old_store.path.unlink(missing_ok=True)  # searches still holding it keep their mapping
+
+    def _measure_table(self, index: faiss.Index, store: VectorStore, rows: int, k: int = 10):
+        """recall@k per nprobe of a rebuilt index over its whole slice, with the default re-rank depth,
+        against exact search over the raw vectors; the queries are stored vectors (each left out of its
+        own results). The coordinator's table comes from a training sample, which is denser per list
+        than the full collection and so optimistic. Empty for small slices."""
+        if rows < TABLE_MIN_VECTORS:
             return []
         rng = np.random.default_rng(self.generation + 1)
-        slots = np.sort(rng.choice(alive, size=TABLE_QUERIES, replace=False))
-        queries = self.store.get(slots)
-        best_scores = np.full((len(slots), k + 1), -np.inf, dtype=np.float32)
-        best_slots = np.full((len(slots), k + 1), -1, dtype=np.int64)
-        for start in range(0, rows, REBUILD_CHUNK):
-            end = min(start + REBUILD_CHUNK, rows)
-            chunk = self.store.get(np.arange(start, end))
-            chunk[~self._alive[start:end]] = 0.0
-            scores, found = index_ops.exact_topk(queries, chunk, k + 1)
-            merged_scores = np.concatenate([best_scores, scores], axis=1)
-            merged_slots = np.concatenate([best_slots, np.where(found >= 0, found + start, -1)], axis=1)
-            order = np.argsort(-merged_scores, axis=1)[:, : k + 1]
-            best_scores = np.take_along_axis(merged_scores, order, axis=1)
-            best_slots = np.take_along_axis(merged_slots, order, axis=1)
-        truth = np.array([[s for s in row if s != q][:k] for row, q in zip(best_slots, slots)])
+        slots = np.sort(rng.choice(rows, size=TABLE_QUERIES, replace=False))
+        queries = store.get(slots)
+        everything = np.ones(rows, dtype=bool)
+        _, truth = search_ops.exact_topk(queries, lambda s, e: store.get(np.arange(s, e)), rows, everything,
+                                         k + 1,
+                                         self.search_budget_bytes)  # fmt: skip
+        truth = np.array([[s for s in row if s != q][:k] for row, q in zip(truth, slots)])
         depth = self.config.rerank_depth(k)
         table = []
+        packed = search_ops.bitmap(everything)
         for nprobe in index_ops.NPROBE_CANDIDATES:
             if nprobe > index_ops.nlist(index):
                 break
-            index_ops.set_nprobe(index, nprobe)
-            _, candidates = index.search(queries, depth + 1)
-            _, found = index_ops.rerank(queries, candidates, self.store.get, k + 1)
+            _, candidates = index.search(
+                queries, depth + 1, params=search_ops.search_params(index, packed, nprobe)
+            )
+            _, found = search_ops.rerank(queries, candidates, store.get, k + 1, self.search_budget_bytes)
             found = np.array([[s for s in row if s != q][:k] for row, q in zip(found, slots)])
-            table.append((nprobe, index_ops.recall_at_k(found, truth, k)))
+            table.append((nprobe, search_ops.recall_at_k(found, truth, k)))
             if table[-1][1] >= 0.999:
                 break
         log.info("collection %s: nprobe -> recall@%d on this slice: %s", self.name, k, table)
         return table
 
+    # --- sizes --------------------------------------------------------------------------------
+
     def index_bytes(self) -> int:
-        """Memory of the serving index (the flat copy of all rows before training)."""
-        if self.trained:
+        """Memory of the serving index (0 while searched exactly over the memory-mapped raw vectors)."""
+        if self.index is not None:
             return index_ops.index_bytes(self.index, self.template_bytes)
-        return self.store.rows * self.config.dim * 4
+        return 0
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())

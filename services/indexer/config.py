@@ -98,6 +98,15 @@ class ShardSettings:
     max_request_items: int = 10_000
     max_message_bytes: int = 64 * 1024 * 1024
     fsync: bool = True
+    # Memory one coalesced search may use for candidate vectors (RESOURCE_EXHAUSTED beyond).
+    search_budget_bytes: int = 256 << 20
+    # Writes are refused (RESOURCE_EXHAUSTED) while the data directory has less free space than this.
+    min_free_bytes: int = 256 << 20
+    # Every shard's address in shard order (this one included). Shard 0 uses them to coordinate
+    # training; empty on a single shard means this shard alone.
+    peers: tuple[str, ...] = ()
+    # How often shard 0 checks whether a collection reached its training threshold.
+    auto_train_interval_s: float = 10.0
 
     @classmethod
     def from_env(cls) -> ShardSettings:
@@ -110,6 +119,11 @@ class ShardSettings:
             raise SystemExit(f"missing required setting {exc.args[0]}") from None
         if not 0 <= shard < num_shards:
             raise SystemExit(f"SEMSEARCH_SHARD={shard} must be in [0, SEMSEARCH_NUM_SHARDS={num_shards})")
+        peers = [p for p in env.get("SEMSEARCH_PEERS", "").split(",") if p.strip()]
+        if peers and len(peers) != num_shards:
+            raise SystemExit(
+                f"SEMSEARCH_PEERS lists {len(peers)} addresses, SEMSEARCH_NUM_SHARDS is {num_shards}"
+            )
         return cls(
             shard=shard,
             num_shards=num_shards,
@@ -124,4 +138,8 @@ class ShardSettings:
             max_request_items=int(env.get("SEMSEARCH_INDEXER_MAX_ITEMS", "10000")),
             max_message_bytes=int(env.get("SEMSEARCH_INDEXER_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
             fsync=env.get("SEMSEARCH_INDEXER_FSYNC", "1") != "0",
+            search_budget_bytes=int(env.get("SEMSEARCH_INDEXER_SEARCH_BUDGET_BYTES", str(256 << 20))),
+            min_free_bytes=int(env.get("SEMSEARCH_INDEXER_MIN_FREE_BYTES", str(256 << 20))),
+            peers=tuple(p.strip() for p in env.get("SEMSEARCH_PEERS", "").split(",") if p.strip()),
+            auto_train_interval_s=float(env.get("SEMSEARCH_AUTO_TRAIN_INTERVAL_S", "10")),
         )

@@ -1,15 +1,22 @@
-"""Train a collection's index once for all shards: sample across shards, train a template, measure
-its recall table, install it on every shard (each rebuilds its slice in the background)."""
+"""Train a collection's index once for all shards: sample across shards, train a template, measure its
+recall table, install it on every shard (each rebuilds its slice in the background).
+
+Shard 0 runs this (`AutoTrainer`): by itself when a collection reaches its threshold, or when asked
+through its Train RPC. The shards' own state decides whether a collection is trained (any shard holding
+a template means yes), so gateways, tools and restarts never train twice."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
 import grpc
 import numpy as np
 
+from semsearch.errors import FailedPrecondition, InvalidArgument, Unavailable
+from semsearch.rpc import CHANNEL_OPTIONS
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import index_ops
 from services.indexer.config import CollectionConfig
@@ -17,27 +24,48 @@ from services.indexer.config import CollectionConfig
 log = logging.getLogger(__name__)
 
 HELD_OUT_QUERIES = 500
+# Templates of large collections exceed gRPC's default 4 MB message size.
+TRAIN_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.max_send_message_length", 1 << 30)]
 
 
 def _sample(stub: indexer_pb2_grpc.IndexerStub, collection: str, n: int, seed: int) -> np.ndarray:
     chunks = [
         np.frombuffer(chunk.data, dtype="<f4").reshape(chunk.rows, chunk.dim)
-        for chunk in stub.Sample(indexer_pb2.SampleRequest(collection=collection, n=n, seed=seed))
+        for chunk in stub.Sample(
+            indexer_pb2.SampleRequest(collection=collection, n=n, seed=seed), timeout=600
+        )
     ]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def train_collection(channels: Sequence[grpc.Channel], config: CollectionConfig, *, seed: int = 0) -> dict:
-    """Train `config.factory` on a sample drawn from every shard in proportion to its size and
-    install it everywhere. Returns a report (sample size, timings, nprobe table, generations)."""
+def collection_stats(
+    stubs: Sequence[indexer_pb2_grpc.IndexerStub], name: str
+) -> list[indexer_pb2.CollectionStats]:
+    """The collection's stats on every shard (Unavailable naming the first shard that does not answer)."""
+    out = []
+    for i, stub in enumerate(stubs):
+        try:
+            stats = stub.Stats(indexer_pb2.StatsRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            raise Unavailable(f"shard {i} does not answer ({exc.code().name})") from exc
+        out.append(next(c for c in stats.collections if c.name == name))
+    return out
+
+
+def train_collection(
+    channels: Sequence[grpc.Channel], config: CollectionConfig, *, seed: int = 0, retrain: bool = False
+) -> dict:
+    """Train `config.factory` on a sample drawn from every shard in proportion to its size and install
+    it everywhere. Refuses when a shard already holds a template (unless `retrain`). Returns a report
+    (sample size, timings, nprobe table, generations)."""
     stubs = [indexer_pb2_grpc.IndexerStub(ch) for ch in channels]
-    counts = []
-    for stub in stubs:
-        stats = stub.Stats(indexer_pb2.StatsRequest())
-        counts.append(next(c.count for c in stats.collections if c.name == config.name))
+    stats = collection_stats(stubs, config.name)
+    if not retrain and any(c.template_id for c in stats):
+        raise FailedPrecondition(f"collection {config.name} is trained already (retrain to train it again)")
+    counts = [c.count for c in stats]
     total = sum(counts)
     if total < 2 * HELD_OUT_QUERIES:
-        raise ValueError(f"collection {config.name} has {total} vectors, too few to train")
+        raise InvalidArgument(f"collection {config.name} has {total} vectors, too few to train", "collection")
     wanted = min(config.train_sample + HELD_OUT_QUERIES, total)
     begin = time.perf_counter()
     parts = [
@@ -62,7 +90,7 @@ def train_collection(channels: Sequence[grpc.Channel], config: CollectionConfig,
         factory=config.factory,
         nprobe_table=[indexer_pb2.NprobeRecall(nprobe=n, recall=r) for n, r in table],
     )
-    generations = [stub.InstallTemplate(request).next_generation for stub in stubs]
+    generations = [stub.InstallTemplate(request, timeout=600).next_generation for stub in stubs]
     return {
         "collection": config.name,
         "factory": config.factory,
@@ -71,6 +99,7 @@ def train_collection(channels: Sequence[grpc.Channel], config: CollectionConfig,
         "sample_seconds": sampled - begin,
         "train_seconds": trained - sampled,
         "table_seconds": measured - trained,
+        "seconds": measured - begin,
         "nprobe_table": table,
         "default_nprobe": index_ops.nprobe_for_recall(table, config.recall_target),
         "next_generations": generations,
@@ -84,11 +113,60 @@ def wait_for_rebuilds(
     stubs = [indexer_pb2_grpc.IndexerStub(ch) for ch in channels]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        current = []
-        for stub in stubs:
-            stats = stub.Stats(indexer_pb2.StatsRequest())
-            current.append(next(c.generation for c in stats.collections if c.name == collection))
+        current = [c.generation for c in collection_stats(stubs, collection)]
         if all(c >= g for c, g in zip(current, generations)):
             return
         time.sleep(0.2)
     raise TimeoutError(f"rebuild of {collection} not finished after {timeout_s:.0f}s")
+
+
+class AutoTrainer:
+    """Shard 0's training coordinator over all shards (`peers`, in shard order, itself included)."""
+
+    def __init__(self, peers: Sequence[str], collections: Sequence[CollectionConfig]) -> None:
+        self.peers = list(peers)
+        self.collections = {c.name: c for c in collections}
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+
+    def train(self, name: str, *, retrain: bool = False) -> dict:
+        """Train `name` now (blocking; run it off the event loop)."""
+        with self._lock:
+            if name in self._running:
+                raise FailedPrecondition(f"collection {name} is being trained already")
+            self._running.add(name)
+        channels = [grpc.insecure_channel(p, options=TRAIN_CHANNEL_OPTIONS) for p in self.peers]
+        try:
+            return train_collection(channels, self.collections[name], retrain=retrain)
+        finally:
+            for channel in channels:
+                channel.close()
+            with self._lock:
+                self._running.discard(name)
+
+    def check(self) -> None:
+        """Train every collection that reached its threshold and holds no template on any shard."""
+        channels = [grpc.insecure_channel(p, options=CHANNEL_OPTIONS) for p in self.peers]
+        try:
+            stubs = [indexer_pb2_grpc.IndexerStub(ch) for ch in channels]
+            for name, config in self.collections.items():
+                try:
+                    stats = collection_stats(stubs, name)
+                except Unavailable as exc:
+                    log.info("auto-train of %s waits: %s", name, exc)
+                    continue
+                total = sum(c.count for c in stats)
+                if any(c.template_id for c in stats) or total < config.train_threshold:
+                    continue
+                log.info("collection %s reached %d vectors: training %s", name, total, config.factory)
+                try:
+                    report = self.train(name)
+                    log.info("collection %s: template installed, rebuilding to generations %s", name,
+                             report["next_generations"])  # fmt: skip
+                except FailedPrecondition as exc:
+                    log.info("auto-train of %s skipped: %s", name, exc)
+                except Exception:
+                    log.exception("auto-train of %s failed; retrying at the next check", name)
+        finally:
+            for channel in channels:
+                channel.close()

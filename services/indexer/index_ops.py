@@ -1,11 +1,11 @@
-"""Pure FAISS operations on numpy arrays: train, fill, search, exact re-rank, recall tables."""
+"""Pure FAISS operations on numpy arrays: train templates, serialise, recall tables, sizes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import faiss
 import numpy as np
+
+from services.indexer import search_ops
 
 # nprobe values tried when measuring the recall table of a trained template.
 NPROBE_CANDIDATES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -39,62 +39,8 @@ def deserialize(data: bytes) -> faiss.Index:
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
-def set_nprobe(index: faiss.Index, nprobe: int) -> int:
-    """Set nprobe on the IVF part of `index` (clamped to its nlist); returns the value used."""
-    ivf = faiss.extract_index_ivf(index)
-    ivf.nprobe = max(1, min(int(nprobe), ivf.nlist))
-    return ivf.nprobe
-
-
 def nlist(index: faiss.Index) -> int:
     return faiss.extract_index_ivf(index).nlist
-
-
-def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k of queries [q, d] over vectors [n, d]: (scores, rows) [q, k],
-    padded with (-inf, -1) when n < k."""
-    scores, rows = faiss.knn(queries, np.ascontiguousarray(vectors, dtype=np.float32), min(k, len(vectors)),
-                             metric=faiss.METRIC_INNER_PRODUCT)  # fmt: skip
-    if rows.shape[1] < k:
-        pad = k - rows.shape[1]
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-    return scores, rows
-
-
-def rerank(
-    queries: np.ndarray, candidates: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray], k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact re-ranking: candidates [q, r] slot ids (-1 = none) -> (scores, slots) [q, k] by the
-    exact inner product with the raw vectors that `fetch(slots [m]) -> [m, d]` returns."""
-    q, r = candidates.shape
-    valid = candidates >= 0
-    flat = candidates[valid]
-    scores = np.full((q, r), -np.inf, dtype=np.float32)
-    if flat.size:
-        # Fetch each distinct slot once, in file order (sequential reads of the memory map).
-        unique, inverse = np.unique(flat, return_inverse=True)
-        raw = fetch(unique)
-        rows = np.nonzero(valid)[0]
-        scores[valid] = np.einsum("ij,ij->i", raw[inverse], queries[rows])
-    kk = min(k, r)
-    top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < r else np.tile(np.arange(r), (q, 1))
-    top_scores = np.take_along_axis(scores, top, axis=1)
-    order = np.argsort(-top_scores, axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
-    out_scores = np.take_along_axis(top_scores, order, axis=1)
-    out_slots = np.take_along_axis(candidates, top, axis=1)
-    out_slots[~np.isfinite(out_scores)] = -1
-    if kk < k:
-        out_scores = np.pad(out_scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-        out_slots = np.pad(out_slots, ((0, 0), (0, k - kk)), constant_values=-1)
-    return out_scores, out_slots
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
-    """Mean share of the true top-k ids [q, >=k] found in the returned top-k ids [q, >=k]."""
-    hits = sum(len(set(f[:k].tolist()) & set(t[:k].tolist()) - {-1}) for f, t in zip(found, truth))
-    return hits / (len(found) * k)
 
 
 def measure_nprobe_table(
@@ -109,15 +55,17 @@ def measure_nprobe_table(
     search over base."""
     index = faiss.clone_index(template)
     index.add(base)
-    _, truth = exact_topk(queries, base, k)
+    everything = np.ones(len(base), dtype=bool)
+    _, truth = search_ops.exact_topk(queries, lambda s, e: base[s:e], len(base), everything, k, 1 << 30)
+    packed = search_ops.bitmap(everything)
     table = []
     for nprobe in NPROBE_CANDIDATES:
         if nprobe > nlist(index):
             break
-        set_nprobe(index, nprobe)
-        _, candidates = index.search(queries, rerank_depth)
-        _, found = rerank(queries, candidates, lambda s: base[s], k)
-        table.append((nprobe, recall_at_k(found, truth, k)))
+        params = search_ops.search_params(index, packed, nprobe)
+        _, candidates = index.search(queries, rerank_depth, params=params)
+        _, found = search_ops.rerank(queries, candidates, lambda s: base[s], k, 1 << 30)
+        table.append((nprobe, search_ops.recall_at_k(found, truth, k)))
         if table[-1][1] >= 0.999:
             break
     return table

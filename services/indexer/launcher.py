@@ -9,23 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from semsearch.procs import ManagedProcess, StartupError, free_port, is_bind_error
+from semsearch.rpc import health_serving
 from services.indexer.config import CollectionConfig
-
-
-def health_serving(address: str, timeout: float = 1.0) -> bool:
-    """True when the gRPC health service at `address` says SERVING."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout
-            )
-        except grpc.RpcError:
-            return False
-    return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @dataclass

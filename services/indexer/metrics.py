@@ -23,6 +23,14 @@ BATCH_QUERIES = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 VECTORS = Gauge("semsearch_indexer_vectors", "Stored (live) vectors, by collection.", ["collection"])
+ROWS = Gauge(
+    "semsearch_indexer_rows",
+    "Rows of the raw-vector file (live vectors plus dead rows awaiting compaction), by collection.",
+    ["collection"],
+)
+DISK_FREE = Gauge(
+    "semsearch_indexer_disk_free_bytes", "Free bytes on the filesystem of the shard's data directory."
+)
 GENERATION = Gauge("semsearch_indexer_generation", "Index generation serving searches.", ["collection"])
 REBUILD_PROGRESS = Gauge(
     "semsearch_indexer_rebuild_progress_ratio", "Progress of the running rebuild (0..1).", ["collection"]

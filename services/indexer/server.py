@@ -8,8 +8,8 @@ import logging
 import grpc
 from prometheus_client import start_http_server
 
-from semsearch.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from semsearch.rpc import ErrorMappingInterceptor, serve, server_options
+from semsearch.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from semsearch.rpc import ErrorMappingInterceptor, method_names, serve, server_options
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import metrics
 from services.indexer.config import ShardSettings
@@ -23,12 +23,20 @@ ERROR_CODES = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
 def build_server(settings: ShardSettings, shard: Shard) -> grpc.aio.Server:
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(ERROR_CODES, metrics.REQUEST_SECONDS, metrics.REJECTED)],
+        interceptors=[
+            ErrorMappingInterceptor(
+                ERROR_CODES,
+                metrics.REQUEST_SECONDS,
+                metrics.REJECTED,
+                method_names([indexer_pb2.DESCRIPTOR.services_by_name["Indexer"]]),
+            )
+        ],
         options=server_options(settings.max_message_bytes),
     )
     indexer_pb2_grpc.add_IndexerServicer_to_server(IndexerServicer(shard, settings), server)
@@ -46,6 +54,7 @@ async def run(settings: ShardSettings) -> None:
     async def load() -> None:
         await loop.run_in_executor(None, shard.load)
         maintenance.append(asyncio.create_task(shard.run_maintenance()))
+        maintenance.append(asyncio.create_task(shard.run_auto_train()))
 
     async def close() -> None:
         for task in maintenance:
@@ -58,4 +67,11 @@ async def run(settings: ShardSettings) -> None:
         settings.shard, settings.num_shards, settings.data_dir,
         ", ".join(c.name for c in settings.collections), settings.metrics_port,
     )  # fmt: skip
-    await serve(server, f"{settings.host}:{settings.port}", [service], load=load, close=close)
+
+    async def ready() -> bool:
+        # After a failed fsync or apply a collection takes no writes until a restart: not ready.
+        return shard.writable
+
+    await serve(
+        server, f"{settings.host}:{settings.port}", [service], load=load, close=close, readiness=ready
+    )

@@ -8,7 +8,8 @@ from functools import partial
 import grpc
 import numpy as np
 
-from semsearch.errors import InvalidArgument, Unavailable
+from semsearch.errors import FailedPrecondition, InvalidArgument, Unavailable
+from semsearch.routing import shard_for
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import metrics
 from services.indexer.collection import MAX_K
@@ -41,6 +42,18 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             raise Unavailable("shard is loading its data, retry shortly")
         return self.shard.collection(name)
 
+    def _check_route(self, request) -> None:
+        """A request routed for another shard number or count means the caller's shard list is wrong."""
+        if not request.HasField("route"):
+            return
+        route = request.route
+        if (route.shard, route.num_shards) != (self.settings.shard, self.settings.num_shards):
+            raise FailedPrecondition(
+                f"this is shard {self.settings.shard} of {self.settings.num_shards}, but the request was "
+                f"routed to shard {route.shard} of {route.num_shards}: the caller's shard list is misordered "
+                "or stale"
+            )
+
     def _check_size(self, n: int, field: str) -> None:
         if n > self.settings.max_request_items:
             raise InvalidArgument(
@@ -51,6 +64,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         self, request: indexer_pb2.ShardUpsertRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.WriteResponse:
         collection = self._ready_collection(request.collection)
+        self._check_route(request)
         self._check_size(len(request.items), "items")
         if not request.items:
             raise InvalidArgument("no items", "items")
@@ -59,6 +73,15 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             if len(item.vector.values) != dim:
                 raise InvalidArgument(
                     f"expected {dim} values, got {len(item.vector.values)}", f"items[{i}].vector"
+                )
+            if (
+                request.HasField("route")
+                and shard_for(item.id, self.settings.num_shards) != self.settings.shard
+            ):
+                raise FailedPrecondition(
+                    f"id {item.id!r} belongs to shard {shard_for(item.id, self.settings.num_shards)}, "
+                    f"not to shard {self.settings.shard}",
+                    f"items[{i}].id",
                 )
 
         def write() -> tuple[int, int]:
@@ -76,18 +99,19 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         self, request: indexer_pb2.ShardDeleteRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.WriteResponse:
         collection = self._ready_collection(request.collection)
+        self._check_route(request)
         self._check_size(len(request.ids), "ids")
-        count, lsn, version = await self._blocking(
-            collection.delete, list(request.ids), request.ignore_missing
-        )
+        count, missing, lsn, version = await self._blocking(collection.delete, list(request.ids))
         metrics.WRITES.labels(collection.name, "delete").inc(count)
-        return indexer_pb2.WriteResponse(count=count, lsn=lsn, data_version=version)
+        return indexer_pb2.WriteResponse(count=count, lsn=lsn, data_version=version, missing=missing)
 
     async def Search(
         self, request: indexer_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.ShardSearchResponse:
         collection = self._ready_collection(request.collection)
+        self._check_route(request)
         self._check_size(len(request.queries), "queries")
+        self._check_size(len(request.exclude_ids), "exclude_ids")
         k = request.k or DEFAULT_K
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"must be in [1, {MAX_K}], got {k}", "k")
@@ -98,13 +122,23 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         depth = request.rerank or collection.config.rerank_depth(k)
         if request.rerank and not k <= request.rerank <= MAX_RERANK:
             raise InvalidArgument(f"must be in [k={k}, {MAX_RERANK}], got {request.rerank}", "rerank")
-        queries = collection.validate_queries(vectors_from(request.queries, collection.config.dim, "queries"))
+        if not request.queries:
+            raise InvalidArgument("no queries", "queries")
+        queries = collection.validate_vectors(
+            vectors_from(request.queries, collection.config.dim, "queries"), "queries"
+        )
+        exclude = set(request.exclude_ids)
+        # Excluded items may be among the nearest: fetch enough that k others remain.
+        fetch_k = k + len(exclude)
+        collection.check_search_budget(fetch_k, max(depth, fetch_k))
         nprobe = collection.resolve_nprobe(request.nprobe, request.recall_target)
-        result = await self.shard.batchers[collection.name].search(queries, k, nprobe, depth)
+        result = await self.shard.batchers[collection.name].search(
+            queries, fetch_k, nprobe, max(depth, fetch_k)
+        )
         outcome = result.outcome
         response = indexer_pb2.ShardSearchResponse(
             generation=outcome.generation,
-            data_version=outcome.data_version,
+            data_version=collection.data_version,
             index=outcome.index,
             nprobe=outcome.nprobe,
             batch_size=result.batch_queries,
@@ -112,16 +146,18 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         for row in range(result.start, result.end):
             hits = response.results.add().hits
             for score, slot in zip(outcome.scores[row].tolist(), outcome.slots[row].tolist()):
-                if slot < 0:
+                if slot < 0 or len(hits) == k:
                     break
-                item_id, meta = collection.item(slot)
-                hits.add(id=item_id, score=score, metadata=meta)
+                item_id, meta = outcome.items.item(slot)
+                if item_id not in exclude:
+                    hits.add(id=item_id, score=score, metadata=meta)
         return response
 
     async def Get(
         self, request: indexer_pb2.ShardGetRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.ShardGetResponse:
         collection = self._ready_collection(request.collection)
+        self._check_route(request)
         self._check_size(len(request.ids), "ids")
         if not request.ids:
             raise InvalidArgument("no ids", "ids")
@@ -136,8 +172,13 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     async def Stats(
         self, request: indexer_pb2.StatsRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.StatsResponse:
-        response = indexer_pb2.StatsResponse(shard=self.settings.shard, num_shards=self.settings.num_shards)
+        response = indexer_pb2.StatsResponse(
+            shard=self.settings.shard,
+            num_shards=self.settings.num_shards,
+            disk_free_bytes=self.shard.disk_free(),
+        )
         for c in self.shard.collections.values():
+            loaded = self.shard.loaded
             response.collections.add(
                 name=c.name,
                 dim=c.config.dim,
@@ -149,8 +190,13 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
                 lsn=c.lsn,
                 rebuild_progress=c.rebuild_progress if c.rebuilding else 0.0,
                 rebuilding=c.rebuilding,
-                log_bytes=c.wal.size_bytes if self.shard.loaded else 0,
-                index_bytes=c.index_bytes() if self.shard.loaded else 0,
+                log_bytes=c.wal.size_bytes if loaded else 0,
+                index_bytes=c.index_bytes() if loaded else 0,
+                rows=c.items.rows,
+                disk_bytes=c.disk_bytes() if loaded else 0,
+                broken=c.broken or "",
+                rebuild_failures=c.rebuild_failures,
+                template_id=c.installed_template_id if loaded else "",
             )
         return response
 
@@ -179,3 +225,30 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             raise Unavailable("shard is loading its data, retry shortly")
         done = await self._blocking(self.shard.snapshot_all)
         return indexer_pb2.SnapshotResponse(collections=done)
+
+    async def Train(
+        self, request: indexer_pb2.TrainRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.TrainResponse:
+        self._ready_collection(request.collection)
+        trainer = self.shard.trainer
+        if trainer is None:
+            raise FailedPrecondition(
+                f"this is shard {self.settings.shard}: shard 0, with SEMSEARCH_PEERS set, coordinates "
+                "training"
+            )
+        report = await self._blocking(partial(trainer.train, request.collection, retrain=request.retrain))
+        return indexer_pb2.TrainResponse(
+            vectors=report["vectors"],
+            train_vectors=report["train_vectors"],
+            seconds=report["seconds"],
+            default_nprobe=report["default_nprobe"],
+            next_generations=report["next_generations"],
+            nprobe_table=[indexer_pb2.NprobeRecall(nprobe=n, recall=r) for n, r in report["nprobe_table"]],
+        )
+
+    async def Compact(
+        self, request: indexer_pb2.CompactRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.CompactResponse:
+        collection = self._ready_collection(request.collection)
+        await self._blocking(collection.compact)
+        return indexer_pb2.CompactResponse(generation=collection.generation, rows=collection.items.rows)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from semsearch.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 MAGIC = 0x4C415753  # b"SWAL" as a little-endian uint32
@@ -54,12 +56,19 @@ def _crc(lsn: int, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(_LSN.pack(lsn)))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _intact_record_after(path: Path, offset: int, last_good_lsn: int) -> bool:
+    """True when a complete record with a valid CRC and a later LSN starts at or after `offset`."""
+    data = path.read_bytes()[offset:]
+    magic = struct.pack("<I", MAGIC)
+    at = data.find(magic)
+    while at >= 0:
+        if len(data) - at >= HEADER_SIZE:
+            _, length, lsn, crc = _HEADER.unpack_from(data, at)
+            payload = data[at + HEADER_SIZE : at + HEADER_SIZE + length]
+            if lsn > last_good_lsn and len(payload) == length and _crc(lsn, payload) == crc:
+                return True
+        at = data.find(magic, at + 1)
+    return False
 
 
 def _read_records(
@@ -142,7 +151,7 @@ class WriteAheadLog:
             if not self._dir.exists():
                 self._dir.mkdir(parents=True)
                 if self._fsync:
-                    _fsync_dir(self._dir.parent)
+                    fsync_dir(self._dir.parent)
             segments = self._list_segments()
             last_lsn = segments[0].first_lsn - 1 if segments else 0
             for i, seg in enumerate(segments):
@@ -185,8 +194,16 @@ class WriteAheadLog:
                     last_lsn = lsn
             except _BadRecord as err:
                 bad = err
-        if bad is not None and not is_last:
-            raise WalCorruption(f"{seg.path}: bad record at offset {bad.offset}: {bad.reason}")
+        if bad is not None and (not is_last or _intact_record_after(seg.path, bad.offset, last_lsn)):
+            # A crash can only tear the end of the log; damage with intact records after it (or in an
+            # older segment) is corruption, and cutting there would drop acknowledged writes.
+            raise WalCorruption(
+                f"{seg.path}: damaged record at offset {bad.offset} ({bad.reason}) after LSN {last_lsn}, "
+                "with intact records after it. The shard will not start, so that no acknowledged write is "
+                "dropped silently. Restore the data directory from a backup, or accept losing every "
+                f"record after LSN {last_lsn} with: semsearch indexer repair-log --wal-dir {seg.path.parent} "
+                f"--truncate-after {last_lsn}"
+            )
         if not is_last:
             return last_lsn
         fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -222,6 +239,17 @@ class WriteAheadLog:
         """Append one record per payload with consecutive LSNs; durable on return when fsync=True.
 
         Returns the LSN of the last record appended."""
+        return self.sync(self.write(payloads))
+
+    def sync(self, lsn: int) -> int:
+        """Return once every record up to `lsn` is durable (concurrent callers share one fsync)."""
+        if self._fsync:
+            self._sync_through(lsn)
+        return lsn
+
+    def write(self, payloads: Sequence[bytes]) -> int:
+        """Write one record per payload with consecutive LSNs, not yet durable (see sync()). Returns the
+        LSN of the last record written."""
         if not payloads:
             raise ValueError("append needs at least one payload")
         for payload in payloads:
@@ -239,9 +267,24 @@ class WriteAheadLog:
             self._write_all(seg, data)
             seg.size += len(data)
             last = self._last_lsn = first + len(payloads) - 1
-        if self._fsync:
-            self._sync_through(last)
         return last
+
+    @property
+    def broken(self) -> str | None:
+        """Why the log refuses writes until it is reopened (a failed fsync or cleanup), or None."""
+        return self._broken
+
+    def _rotate(self) -> None:
+        """Start an empty segment for the next LSN (every record so far is covered by a snapshot)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        first = self._last_lsn + 1
+        path = self._dir / segment_name(first)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+        self._segments.append(_Segment(first, path, 0))
+        if self._fsync:
+            fsync_dir(self._dir)
 
     def _segment_for_write(self) -> _Segment:
         """The segment the next batch goes to, rotating first if the current one is full."""
@@ -269,7 +312,7 @@ class WriteAheadLog:
         self._segments.append(seg)
         if self._fsync:
             # Without this a crash can lose the new file's name along with records already acknowledged.
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         log.debug("write-ahead log %s: new segment %s", self._dir, path.name)
         return seg
 
@@ -356,11 +399,14 @@ class WriteAheadLog:
                     raise WalCorruption(f"{path}: bad record at offset {bad.offset}: {bad.reason}") from None
 
     def truncate_before(self, lsn: int) -> int:
-        """Delete the segment files all of whose records have LSN <= lsn, never the last one; return how
-        many were deleted."""
+        """Delete the segment files all of whose records have LSN <= lsn; return how many were deleted.
+        When `lsn` covers every record, the current segment is rotated first (an empty segment named
+        after the next LSN keeps the numbering), so a covered log takes no disk space."""
         with self._lock:
             if not self._opened:
                 raise RuntimeError(f"write-ahead log {self._dir} is not open")
+            if lsn >= self._last_lsn and self._segments and self._segments[-1].size > 0:
+                self._rotate()
             doomed = 0
             try:
                 for seg, following in zip(self._segments, self._segments[1:]):
@@ -371,7 +417,7 @@ class WriteAheadLog:
                     seg.path.unlink()
                     doomed += 1
                     if self._fsync:
-                        _fsync_dir(self._dir)
+                        fsync_dir(self._dir)
             finally:
                 del self._segments[:doomed]
             if doomed:
@@ -385,3 +431,42 @@ class WriteAheadLog:
                 os.close(self._fd)
                 self._fd = None
             self._opened = False
+
+
+def repair(directory: Path, truncate_after: int) -> str:
+    """Cut the log after LSN `truncate_after`: the segment holding it is truncated after that record and
+    every later segment is deleted. For an operator who accepted losing those records (the shard refuses
+    to start on a corrupt log). Returns what was removed."""
+    directory = Path(directory)
+    segments = sorted(
+        (int(m.group(1)), p)
+        for p in directory.iterdir()
+        if (m := _SEGMENT_NAME.match(p.name)) and p.is_file()
+    )
+    removed_bytes, removed_segments = 0, 0
+    for first_lsn, path in segments:
+        size = path.stat().st_size
+        if first_lsn > truncate_after:
+            path.unlink()
+            removed_bytes += size
+            removed_segments += 1
+            continue
+        keep = 0
+        with open(path, "rb", buffering=_READ_BUFFER) as f:
+            try:
+                for offset, lsn, payload in _read_records(f, first_lsn, size):
+                    if lsn > truncate_after:
+                        break
+                    keep = offset + HEADER_SIZE + len(payload)
+            except _BadRecord:
+                pass
+        if keep < size:
+            os.truncate(path, keep)
+            removed_bytes += size - keep
+    fsync_dir(directory)
+    summary = (
+        f"write-ahead log {directory}: removed {removed_bytes} bytes after LSN {truncate_after} "
+        f"({removed_segments} whole segments)"
+    )
+    log.warning("%s", summary)
+    return summary

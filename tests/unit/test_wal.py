@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.indexer import wal as wal_module
-from services.indexer.wal import HEADER_SIZE, WalCorruption, WriteAheadLog, segment_name
+from services.indexer.wal import HEADER_SIZE, WalCorruption, WriteAheadLog, repair, segment_name
 
 # Three 2-record batches of 50-byte payloads (70-byte records) fill a 200-byte segment twice over: with
 # rotation checked before each batch, segments hold 4 records each and start at LSNs 1, 5, 9, ...
@@ -153,8 +153,34 @@ def test_damage_in_an_earlier_segment_is_corruption(tmp_path):
     offset = 2 * (HEADER_SIZE + PAYLOAD_50)  # LSN 3
     data[offset + HEADER_SIZE + 1] ^= 0x01
     first.write_bytes(bytes(data))
-    with pytest.raises(WalCorruption, match=rf"{segment_name(1)}: bad record at offset {offset}: CRC"):
+    with pytest.raises(WalCorruption, match=rf"{segment_name(1)}: damaged record at offset {offset} [(]CRC"):
         WriteAheadLog(tmp_path).open()
+
+
+@pytest.mark.parametrize("damage", ["flipped_payload_byte", "lsn_gap"])
+def test_damage_in_the_middle_of_the_last_segment_is_corruption_not_a_torn_tail(tmp_path, damage):
+    log = opened(tmp_path, fsync=False)
+    written = fill(log, 3)  # LSNs 1..6, all in one segment
+    log.close()
+    path = tmp_path / segment_name(1)
+    data = bytearray(path.read_bytes())
+    offset = 2 * (HEADER_SIZE + PAYLOAD_50)  # LSN 3, followed by intact LSNs 4..6
+    if damage == "flipped_payload_byte":
+        data[offset + HEADER_SIZE + 1] ^= 0x01
+    else:  # LSN 3 removed: 4 follows 2
+        del data[offset : offset + HEADER_SIZE + PAYLOAD_50]
+    path.write_bytes(bytes(data))
+    with pytest.raises(WalCorruption, match=r"after LSN 2, with intact records after it") as info:
+        WriteAheadLog(tmp_path).open()
+    assert "repair-log" in str(info.value)
+    assert path.read_bytes() == bytes(data)  # nothing was cut
+
+    # The documented recovery cuts the log explicitly, after the operator accepted the loss.
+    report = repair(tmp_path, truncate_after=2)
+    assert "after LSN 2" in report
+    log = opened(tmp_path, fsync=False)
+    assert [p for _, p in log.replay()] == written[:2]
+    log.close()
 
 
 def test_missing_segment_is_corruption(tmp_path):
@@ -203,19 +229,20 @@ def test_truncate_before(tmp_path, caplog):
     assert segment_files(tmp_path) == [segment_name(lsn) for lsn in (5, 9, 13)]
     assert log.truncate_before(7) == 0
     assert list(log.replay(7)) == list(enumerate(written[7:], start=8))
-    assert log.truncate_before(100) == 2  # never the current segment
+    assert log.truncate_before(15) == 2  # 5..8 and 9..12; 13..16 still holds 16
     assert segment_files(tmp_path) == [segment_name(13)]
     assert list(log.replay(14)) == list(enumerate(written[14:], start=15))
+    # Everything covered: the current segment is rotated away, an empty one keeps the numbering.
+    assert log.truncate_before(100) == 1
+    assert segment_files(tmp_path) == [segment_name(17)]
     assert log.truncate_before(100) == 0
     log.close()
 
     log = opened(tmp_path, segment_bytes=SMALL_SEGMENT)
     assert log.last_lsn == 16
-    assert list(log.replay(12)) == list(enumerate(written[12:], start=13))
-    caplog.set_level(logging.WARNING, logger=wal_module.__name__)
-    assert [lsn for lsn, _ in log.replay(0)] == [13, 14, 15, 16]
-    assert "deleted" in caplog.records[0].getMessage()
+    assert list(log.replay(16)) == []
     assert log.append([b"x"]) == 17
+    assert list(log.replay(16)) == [(17, b"x")]
     log.close()
 
 

@@ -1,0 +1,69 @@
+"""The gateway's domain values: queries, hits, results and items to write (no gRPC, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ShardHits:
+    """One shard's answer: hits per query, and the generation and data version that served them."""
+
+    hits: list[list[Hit]]
+    generation: int
+    data_version: int
+
+
+@dataclass
+class Query:
+    collection: str
+    kind: str  # "image", "text", "vector" or "id"
+    image: bytes = b""
+    text: str = ""
+    vector: np.ndarray | None = None
+    item_id: str = ""
+    k: int = 10
+    recall_target: float = 0.0
+    nprobe: int = 0
+    min_coverage: float = 1.0
+    no_cache: bool = False
+    timeout_s: float = 5.0
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    shards_answered: int
+    shards_queried: int
+    generations: dict[int, int]
+    cached: bool
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    model_version: str = ""
+
+
+@dataclass
+class UpsertInput:
+    id: str
+    image: bytes | None = None
+    text: str | None = None
+    vector: np.ndarray | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str | None:
+        if self.vector is not None:
+            return "vector"
+        if self.image is not None:
+            return "image"
+        if self.text is not None:
+            return "text"
+        return None

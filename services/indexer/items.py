@@ -1,0 +1,133 @@
+"""Which item lives in which slot: ids and metadata by slot, the slot of every live id, the live mask."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from semsearch.durable import write_file
+
+
+class ItemTable:
+    """Slots are row numbers of the raw-vector file. An upsert takes new slots (the old slot of a
+    replaced id dies); a delete kills a slot. Not thread-safe: the collection's apply lock guards it."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.metadata: list[str | None] = []
+        self.slot_of: dict[str, int] = {}
+        self._alive = np.zeros(0, dtype=bool)
+        self._packed: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+    @property
+    def count(self) -> int:
+        """Live items."""
+        return len(self.slot_of)
+
+    @property
+    def dead(self) -> int:
+        return self.rows - self.count
+
+    def alive(self, rows: int | None = None) -> np.ndarray:
+        """The live mask of slots [0, rows) (a view: copy it before the table changes)."""
+        return self._alive[: self.rows if rows is None else rows]
+
+    def packed(self) -> np.ndarray:
+        """The live mask as a little-endian bitmap (FAISS IDSelectorBitmap), cached until a change."""
+        if self._packed is None:
+            self._packed = np.packbits(self.alive(), bitorder="little")
+        return self._packed
+
+    def _grow(self, rows: int) -> None:
+        if rows > len(self._alive):
+            grown = np.zeros(max(rows, 2 * len(self._alive), 1024), dtype=bool)
+            grown[: len(self._alive)] = self._alive
+            self._alive = grown
+
+    def add(self, first: int, ids: Sequence[str], metadata: Sequence[str | None]) -> int:
+        """Record items stored at slots first.. first+len(ids); returns how many were new ids."""
+        assert first == self.rows, (first, self.rows)
+        self._grow(first + len(ids))
+        new = 0
+        for offset, item_id in enumerate(ids):
+            old = self.slot_of.get(item_id)
+            if old is None:
+                new += 1
+            else:
+                self._alive[old] = False
+            self.slot_of[item_id] = first + offset
+        self.ids.extend(ids)
+        self.metadata.extend(metadata)
+        self._alive[first : first + len(ids)] = True
+        self._packed = None
+        return new
+
+    def remove(self, ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Kill the slots of `ids`; returns (deleted, ids that were not stored)."""
+        deleted, missing = 0, []
+        for item_id in dict.fromkeys(ids):
+            slot = self.slot_of.pop(item_id, None)
+            if slot is None:
+                missing.append(item_id)
+            else:
+                self._alive[slot] = False
+                deleted += 1
+        if deleted:
+            self._packed = None
+        return deleted, missing
+
+    def item(self, slot: int) -> tuple[str, dict[str, str]]:
+        meta = self.metadata[slot]
+        return self.ids[slot], (json.loads(meta) if meta else {})
+
+    def remapped(self, old_slots: np.ndarray) -> ItemTable:
+        """A table whose slot i holds what slot old_slots[i] holds here (a compaction's renumbering);
+        old slots that died since they were chosen stay dead."""
+        table = ItemTable()
+        ids, metadata = self.ids, self.metadata
+        table.ids = [ids[s] for s in old_slots.tolist()]
+        table.metadata = [metadata[s] for s in old_slots.tolist()]
+        table._alive = self._alive[old_slots].copy() if len(old_slots) else np.zeros(0, dtype=bool)
+        table.slot_of = {item_id: slot for slot, item_id in enumerate(table.ids) if table._alive[slot]}
+        return table
+
+    # --- snapshot files ---------------------------------------------------------------------------
+
+    def save(self, directory: Path, rows: int) -> None:
+        """Write slots [0, rows) into `directory` (fsync'd files)."""
+        write_file(directory / "ids.json", json.dumps(self.ids[:rows]).encode())
+        write_file(directory / "metadata.json", json.dumps(self.metadata[:rows]).encode())
+        with open(directory / "alive.npy", "wb") as f:
+            np.save(f, self._alive[:rows])
+            f.flush()
+            os.fsync(f.fileno())
+
+    def snapshot_copy(self, rows: int) -> ItemTable:
+        """A frozen copy of slots [0, rows), for writing a snapshot outside the lock."""
+        table = ItemTable()
+        table.ids = self.ids[:rows]
+        table.metadata = self.metadata[:rows]
+        table._alive = self._alive[:rows].copy()
+        return table
+
+    @classmethod
+    def load(cls, directory: Path, rows: int) -> ItemTable:
+        table = cls()
+        table.ids = json.loads((directory / "ids.json").read_text())
+        table.metadata = json.loads((directory / "metadata.json").read_text())
+        table._alive = np.load(directory / "alive.npy")
+        if not len(table.ids) == len(table.metadata) == len(table._alive) == rows:
+            raise RuntimeError(
+                f"snapshot {directory} is inconsistent: {len(table.ids)} ids, {len(table.metadata)} "
+                f"metadata, {len(table._alive)} slots, manifest says {rows} rows"
+            )
+        table.slot_of = {item_id: slot for slot, item_id in enumerate(table.ids) if table._alive[slot]}
+        return table
