@@ -376,43 +376,41 @@ def cmd_indexer_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collection_config(name: str, collections_file: str | None):
-    from services.indexer.config import load_collections
-
-    for config in load_collections(collections_file):
-        if config.name == name:
-            return config
-    raise SystemExit(f"unknown collection {name!r}")
-
-
 def cmd_indexer_train(args: argparse.Namespace) -> int:
     import time
 
     import grpc
+    from google.protobuf.json_format import MessageToDict
     from tqdm import tqdm
 
+    from semsearch.rpc import CHANNEL_OPTIONS
     from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
-    from services.indexer.coordinator import train_collection
 
-    config = _collection_config(args.collection, args.collections_file)
-    channels = [grpc.insecure_channel(a, options=[("grpc.max_send_message_length", 256 << 20),
-                                                  ("grpc.max_receive_message_length", 256 << 20)])
-                for a in args.shard_address]  # fmt: skip
-    report = train_collection(channels, config)
+    channels = [grpc.insecure_channel(a, options=CHANNEL_OPTIONS) for a in args.shard_address]
     stubs = [indexer_pb2_grpc.IndexerStub(ch) for ch in channels]
-    with tqdm(total=100, desc=f"rebuilding {config.name} on {len(stubs)} shard(s)", unit="%") as bar:
+    # Shard 0 coordinates: it samples every shard, trains once and installs the template everywhere.
+    request = indexer_pb2.TrainRequest(collection=args.collection, retrain=args.retrain)
+    report = stubs[0].Train(request, timeout=24 * 3600)
+    with tqdm(total=100, desc=f"rebuilding {args.collection} on {len(stubs)} shard(s)", unit="%") as bar:
         while True:
             stats = [
-                next(c for c in s.Stats(indexer_pb2.StatsRequest()).collections if c.name == config.name)
+                next(c for c in s.Stats(indexer_pb2.StatsRequest()).collections if c.name == args.collection)
                 for s in stubs
             ]
-            done = [c.generation >= g for c, g in zip(stats, report["next_generations"])]
+            done = [c.generation >= g for c, g in zip(stats, report.next_generations)]
             progress = sum(1.0 if d else c.rebuild_progress for c, d in zip(stats, done)) / len(stats)
             bar.update(round(progress * 100) - bar.n)
             if all(done):
                 break
             time.sleep(0.5)
-    print(json.dumps(report))
+    print(json.dumps(MessageToDict(report, preserving_proto_field_name=True)))
+    return 0
+
+
+def cmd_indexer_repair_log(args: argparse.Namespace) -> int:
+    from services.indexer.wal import repair
+
+    print(repair(Path(args.wal_dir), args.truncate_after))
     return 0
 
 
@@ -567,15 +565,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = isub.add_parser(
         "train",
         help="train a collection's IVF-PQ index across shards and rebuild every shard",
-        description="Sample vectors from every shard, train the collection's factory string into "
-        "a template, measure recall@10 per nprobe on held-out vectors, install the template on "
-        "every shard and wait (with progress) until each has rebuilt and swapped in its slice.",
+        description="Ask shard 0 to train: it samples vectors from every shard, trains the "
+        "collection's factory string into a template once, measures recall@10 per nprobe on "
+        "held-out vectors and installs the template on every shard; then wait (with progress) "
+        "until each has rebuilt and swapped in its slice. Shard 0 also does this by itself when a "
+        "collection reaches its train_threshold.",
     )
     p.add_argument("--collection", required=True)
     p.add_argument("--shard-address", action="append", required=True, metavar="HOST:PORT",
-                   help="repeat for every shard")  # fmt: skip
-    p.add_argument("--collections-file", help="JSON list of collection settings (default: images, texts)")
+                   help="repeat for every shard, in shard order (shard 0 first: it coordinates)")  # fmt: skip
+    p.add_argument("--retrain", action="store_true", help="train again although a template is installed")
     p.set_defaults(func=cmd_indexer_train)
+    p = isub.add_parser(
+        "repair-log",
+        help="cut a shard's write-ahead log after an LSN (after corruption; loses the later records)",
+        description="A shard refuses to start when a record in the middle of its write-ahead log is "
+        "damaged, so that no acknowledged write is dropped silently; its log names the last good LSN. "
+        "Restore the data directory from a backup, or accept losing every record after that LSN and "
+        "cut the log with this command (stop the shard first).",
+    )
+    p.add_argument("--wal-dir", required=True, help="the collection's wal/ folder under the shard's data dir")
+    p.add_argument("--truncate-after", type=int, required=True, metavar="LSN", help="the last LSN to keep")
+    p.set_defaults(func=cmd_indexer_repair_log)
 
     p = sub.add_parser(
         "embed",

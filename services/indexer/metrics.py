@@ -28,6 +28,11 @@ ROWS = Gauge(
     "Rows of the raw-vector file (live vectors plus dead rows awaiting compaction), by collection.",
     ["collection"],
 )
+WRITABLE = Gauge(
+    "semsearch_indexer_writable",
+    "1 while the collection takes writes, 0 after a failed log fsync or apply (until a restart).",
+    ["collection"],
+)
 DISK_FREE = Gauge(
     "semsearch_indexer_disk_free_bytes", "Free bytes on the filesystem of the shard's data directory."
 )

@@ -78,6 +78,7 @@ class Shard:
         for name, c in self.collections.items():
             metrics.VECTORS.labels(name).set(c.count)
             metrics.ROWS.labels(name).set(c.items.rows)
+            metrics.WRITABLE.labels(name).set(0 if c.broken else 1)
             metrics.GENERATION.labels(name).set(c.generation)
             metrics.REBUILD_PROGRESS.labels(name).set(c.rebuild_progress if c.rebuilding else 0.0)
             metrics.LOG_BYTES.labels(name).set(c.wal.size_bytes)

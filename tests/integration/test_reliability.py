@@ -4,6 +4,7 @@ vector overflow."""
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import numpy as np
@@ -12,11 +13,19 @@ import pytest
 from semsearch.client import Item, SemsearchClient
 from semsearch.datasets import fashion_mnist, fortunes
 from semsearch.stack import Stack
+from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer.coordinator import train_collection, wait_for_rebuilds
 
 pytestmark = pytest.mark.integration
 
 VEC_DIM = 32
+AUTO = {
+    "name": "auto",
+    "dim": VEC_DIM,
+    "factory": "IVF16,PQ8",
+    "train_threshold": 3_000,
+    "train_sample": 3_000,
+}
 VECS = {
     "name": "vecs",
     "dim": VEC_DIM,
@@ -44,10 +53,17 @@ def stack(model_repository, tmp_path_factory):
                 {"name": "images", "dim": 1280, "factory": "IVF1024,PQ64"},
                 {"name": "texts", "dim": 384, "factory": "IVF1024,PQ48"},
                 VECS,
+                AUTO,
             ]
         )
     )
-    stack = Stack(home / "stack", model_repository, num_shards=2, collections_file=collections).start()
+    stack = Stack(
+        home / "stack",
+        model_repository,
+        num_shards=2,
+        collections_file=collections,
+        env={"SEMSEARCH_AUTO_TRAIN_INTERVAL_S": "1"},
+    ).start()
     with SemsearchClient(stack.gateway_address, timeout_s=60) as client:
         corpus = fortunes()
         texts = [Item(id=f"t{i}", text=corpus.texts[i * 7]) for i in range(100)]
@@ -129,3 +145,36 @@ def test_huge_vector_values_are_never_stored_as_zeros(client):
         assert client.search("vecs", vector=huge, k=1, no_cache=True).hits[0].id == "huge"
     else:
         assert "items[0].vector" in response.results[0].error
+
+
+def test_shard_0_trains_a_collection_once_wherever_training_is_asked_for(stack, client):
+    x = clustered(3_200, seed=7)
+    for start in range(0, len(x), 800):
+        assert client.upsert(
+            "auto", [Item(id=f"a{i}", vector=x[i]) for i in range(start, start + 800)]
+        ).succeeded
+    # Shard 0 notices the threshold by itself; meanwhile every other way to ask is refused or a no-op.
+    stubs = [indexer_pb2_grpc.IndexerStub(grpc.insecure_channel(s.address)) for s in stack.shards]
+    with pytest.raises(grpc.RpcError) as info:
+        stubs[1].Train(indexer_pb2.TrainRequest(collection="auto"), timeout=60)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "shard 0" in info.value.details()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        stats = [
+            next(c for c in st.Stats(indexer_pb2.StatsRequest()).collections if c.name == "auto")
+            for st in stubs
+        ]
+        if all(c.generation >= 1 for c in stats):
+            break
+        time.sleep(0.5)
+    assert [c.generation for c in stats] == [1, 1] and len({c.template_id for c in stats}) == 1
+    with pytest.raises(grpc.RpcError) as info:
+        stubs[0].Train(indexer_pb2.TrainRequest(collection="auto"), timeout=60)
+    assert (
+        info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "trained already" in info.value.details()
+    )
+    time.sleep(2.5)  # two more auto-train checks: neither trains again
+    log = (stack.shards[0].data_dir / "shard.log").read_text()
+    assert log.count("training IVF16,PQ8 on") == 1
+    response = client.search("auto", vector=x[5], k=10, no_cache=True)
+    assert response.hits[0].id == "a5" and set(response.generations.values()) == {1}

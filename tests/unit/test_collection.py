@@ -16,6 +16,7 @@ from services.indexer import index_ops, snapshots
 from services.indexer.collection import Collection
 from services.indexer.config import CollectionConfig
 from services.indexer.items import ItemTable
+from services.indexer.store import VectorStore
 
 DIM = 16
 CONFIG = CollectionConfig(name="c", dim=DIM, factory="IVF16,PQ4", rerank_min=20)
@@ -296,3 +297,43 @@ def test_writes_are_refused_before_the_disk_is_full(tmp_path):
     with pytest.raises(ResourceExhausted, match="disk is nearly full"):
         c.upsert(["x"], vectors(1), [{}])
     assert c.count == 0 and c.wal.last_lsn == 0  # nothing was logged
+
+
+def test_a_failed_rebuild_is_retried_and_resumes_after_a_restart(tmp_path, monkeypatch):
+    c = opened(tmp_path)
+    fill(c, vectors(3_000))
+    sample = c.sample(3_000, seed=0)
+    template = index_ops.train_template(sample, CONFIG.factory)
+    real_reserve = VectorStore.reserve
+    failures = {"left": 1}
+
+    def failing_reserve(self, n, *, exact=False):
+        if exact and failures["left"]:
+            failures["left"] -= 1
+            raise OSError(28, "No space left on device")
+        return real_reserve(self, n, exact=exact)
+
+    monkeypatch.setattr(VectorStore, "reserve", failing_reserve)
+    c.install_template(index_ops.serialize(template), CONFIG.factory, [(1, 0.5), (16, 1.0)])
+    c._rebuild_thread.join(30)
+    assert not c.trained and c.rebuild_failures == 1
+    c.maintenance()  # backed off: not yet
+    assert not c.rebuilding
+    c._next_rebuild_at = 0.0  # the back-off has passed
+    c.maintenance()
+    c._rebuild_thread.join(30)
+    assert c.trained and c.generation == 1 and c.rebuild_failures == 0
+
+    # A template installed just before a crash is built after the restart.
+    other = opened(tmp_path / "other")
+    fill(other, vectors(3_000))
+    other.install_template(index_ops.serialize(template), CONFIG.factory, [(1, 0.5), (16, 1.0)])
+    other._rebuild_thread.join(30)
+    (tmp_path / "other" / "template.json").write_text(
+        (tmp_path / "other" / "template.json").read_text().replace(other.template_id, "f" * 16)
+    )  # as if a newer template had been installed and the shard died before building it
+    other.close()
+    again = opened(tmp_path / "other")
+    again.maintenance()
+    again._rebuild_thread.join(30)
+    assert again.trained and again.generation == 2 and again.template_id == "f" * 16

@@ -30,6 +30,7 @@ TRITON_METRICS = {
 BUILTIN_METRICS = {"up"}
 # Ports the code defaults to and the deploy files must use (services/*/config.py).
 PORTS = {"gateway": (7000, 9000), "indexer": (7100, 9100)}
+READINESS_SERVICE = {"gateway": "semsearch.v1.Search", "indexer": "semsearch.v1.Indexer"}
 REQUIRED_ENV = {
     "gateway": {"SEMSEARCH_SHARDS", "SEMSEARCH_TRITON_URL", "SEMSEARCH_REDIS_URL", "SEMSEARCH_GATEWAY_HOST"},
     "indexer": {"SEMSEARCH_SHARD", "SEMSEARCH_NUM_SHARDS", "SEMSEARCH_DATA_DIR", "SEMSEARCH_INDEXER_HOST"},
@@ -138,8 +139,11 @@ def test_compose_env_names_ports_and_publishing_match_the_code() -> None:
         assert int(env[f"{prefix}_PORT"]) == grpc_port
         assert int(env[f"{prefix}_METRICS_PORT"]) == metrics_port
         assert env[f"{prefix}_HOST"] == "0.0.0.0"
-        assert f"127.0.0.1:{grpc_port}')" in " ".join(svc["healthcheck"]["test"])
+        probe_port = int(env["SEMSEARCH_GATEWAY_HEALTH_PORT"]) if role == "gateway" else grpc_port
+        check = " ".join(svc["healthcheck"]["test"])
+        assert f"127.0.0.1:{probe_port}')" in check and f"service='{READINESS_SERVICE[role]}'" in check
     shards = services["gateway"]["environment"]["SEMSEARCH_SHARDS"].split(",")
+    assert services["indexer-0"]["environment"]["SEMSEARCH_PEERS"].split(",") == shards
     assert shards == [f"indexer-{i}:{PORTS['indexer'][0]}" for i in range(2)], "shard order = shard number"
     for i in range(2):
         env = services[f"indexer-{i}"]["environment"]
@@ -194,9 +198,14 @@ def test_k8s_env_ports_probes_and_security_match_the_code(overlay: str) -> None:
         prefix = "SEMSEARCH_GATEWAY" if role == "gateway" else "SEMSEARCH_INDEXER"
         assert int(env[f"{prefix}_PORT"]["value"]) == grpc_port
         assert int(env[f"{prefix}_METRICS_PORT"]["value"]) == metrics_port
-        assert {p["containerPort"] for p in c["ports"]} == {grpc_port, metrics_port}
+        # The gateway's probes use its plaintext health-only port (the gRPC port may use TLS).
+        probe_port = int(env["SEMSEARCH_GATEWAY_HEALTH_PORT"]["value"]) if role == "gateway" else grpc_port
+        assert {p["containerPort"] for p in c["ports"]} == {grpc_port, metrics_port, probe_port}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"]["port"] == grpc_port, f"{role} {probe}"
+            assert c[probe]["grpc"]["port"] == probe_port, f"{role} {probe}"
+        # Liveness is the process (health ""); readiness is the service, which follows dependencies.
+        assert "service" not in c["livenessProbe"]["grpc"]
+        assert c["readinessProbe"]["grpc"]["service"] == READINESS_SERVICE[role]
         sc = c["securityContext"]
         assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
     by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
@@ -210,7 +219,10 @@ def test_k8s_env_ports_probes_and_security_match_the_code(overlay: str) -> None:
     assert gateway_env["SEMSEARCH_SHARDS"]["value"].split(",") == [
         f"indexer-{i}.indexer:{PORTS['indexer'][0]}" for i in range(replicas)
     ]
+    assert indexer_env["SEMSEARCH_PEERS"]["value"] == gateway_env["SEMSEARCH_SHARDS"]["value"]
+    # The API keys come from a Secret the operator creates; no key is committed.
     assert gateway_env["SEMSEARCH_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "gateway-api-keys"
+    assert not any(d["kind"] == "Secret" for d in docs)
     for d in docs:
         if d["kind"] in ("Deployment", "StatefulSet"):
             assert d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -223,6 +235,59 @@ def test_k8s_env_ports_probes_and_security_match_the_code(overlay: str) -> None:
     gpus = triton["resources"]["limits"].get("nvidia.com/gpu")
     assert (gpus == "1") == (overlay == "gpu")
     assert ("--model-config-name=cpu" in triton["args"]) == (overlay == "cpu")
+
+
+def ingress_allowed(docs: list[dict], source: dict[str, str], namespace: str, target: str, port: int) -> bool:
+    """Kubernetes NetworkPolicy semantics for ingress: a pod selected by any policy is isolated and
+    admits a connection when some rule of a policy selecting it matches the source and the port."""
+
+    def selects(selector: dict, labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+    target_labels = {"app.kubernetes.io/name": target}
+    policies = [
+        d for d in docs if d["kind"] == "NetworkPolicy" and selects(d["spec"]["podSelector"], target_labels)
+    ]
+    assert policies, f"{target} is selected by no NetworkPolicy"
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            if ports is not None and port not in {p["port"] for p in ports}:
+                continue
+            peers = rule.get("from")
+            if peers is None:
+                return True
+            for peer in peers:
+                if "namespaceSelector" in peer:
+                    ns_labels = {"kubernetes.io/metadata.name": namespace}
+                    if selects(peer["namespaceSelector"], ns_labels):
+                        return True
+                elif namespace == "semsearch" and selects(peer["podSelector"], source):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_network_policy_lets_only_the_gateway_reach_the_backends(overlay: str) -> None:
+    docs = overlay_docs(overlay)
+
+    def pod(name: str) -> dict[str, str]:
+        return {"app.kubernetes.io/name": name}
+
+    backends = [("indexer", 7100), ("redis", 6379), ("triton", 8001)]
+    for target, port in backends:
+        assert ingress_allowed(docs, pod("gateway"), "semsearch", target, port), target
+        for stranger in ("explorer", "some-other-app"):
+            assert not ingress_allowed(docs, pod(stranger), "semsearch", target, port), (stranger, target)
+        assert not ingress_allowed(docs, {}, "monitoring", target, port), target
+        assert not ingress_allowed(docs, pod("gateway"), "elsewhere", target, port), target
+    assert ingress_allowed(docs, pod("indexer"), "semsearch", "indexer", 7100)  # shard 0 coordinates
+    for stranger in ("some-other-app", "explorer"):
+        assert ingress_allowed(docs, pod(stranger), "semsearch", "gateway", 7000)
+    assert ingress_allowed(docs, {}, "elsewhere", "gateway", 7000)
+    for target, port in (("gateway", 9000), ("indexer", 9100), ("triton", 8002)):
+        assert ingress_allowed(docs, {}, "monitoring", target, port), target
+        assert not ingress_allowed(docs, pod("some-other-app"), "semsearch", target, port), target
 
 
 # --- Prometheus and Grafana --------------------------------------------------------------------
