@@ -27,6 +27,8 @@ class ShardProcess:
     metrics_port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 120.0
+    # Where the process's output goes (default: shard.log in the data directory).
+    log_path: Path | None = None
     process: ManagedProcess | None = None
     started_once: bool = False
 
@@ -67,7 +69,7 @@ class ShardProcess:
         self.process = ManagedProcess(
             f"indexer shard {self.shard}",
             [sys.executable, "-m", "services.indexer"],
-            log_path=self.data_dir / "shard.log",
+            log_path=self.log_path or self.data_dir / "shard.log",
             env=env,
         )
         self.process.start(lambda: health_serving(self.address), self.startup_timeout)

@@ -48,11 +48,15 @@ def publish(
     tmp = directory / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write_contents(tmp)
-    if index_bytes is not None:
-        write_file(tmp / "index.faiss", index_bytes)
-    write_file(tmp / "manifest.json", json.dumps(manifest).encode())
-    fsync_dir(tmp)
+    try:
+        write_contents(tmp)
+        if index_bytes is not None:
+            write_file(tmp / "index.faiss", index_bytes)
+        write_file(tmp / "manifest.json", json.dumps(manifest).encode())
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. a full disk: give the space back at once
+        raise
     # A folder of this name can be left by a crash between the rename and CURRENT's update; it was
     # never published (CURRENT names another), so it is replaced.
     shutil.rmtree(final, ignore_errors=True)
