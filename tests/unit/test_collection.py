@@ -125,32 +125,36 @@ def test_a_write_applied_while_a_rebuild_starts_is_in_the_new_index(tmp_path, mo
     assert ids(again, late[0], k=1, nprobe=16) == ["late"]
 
 
-def test_concurrent_snapshots_and_writes_leave_a_loadable_snapshot(tmp_path):
+def test_a_snapshot_never_deletes_one_published_after_it(tmp_path, monkeypatch):
     c = opened(tmp_path)
-    x = vectors(2_000)
-    errors: list[BaseException] = []
+    fill(c, vectors(100))
+    # Snapshot A pauses between publishing its folder and cleaning up older ones...
+    published, resume = threading.Event(), threading.Event()
+    real_cleanup = snapshots.remove_unpublished
 
-    def snapshotter() -> None:
-        try:
-            for _ in range(30):
-                c.snapshot()
-        except BaseException as exc:
-            errors.append(exc)
+    def paused_cleanup(directory, keep):
+        if threading.current_thread().name == "A":
+            published.set()
+            resume.wait(10)
+        real_cleanup(directory, keep)
 
-    threads = [threading.Thread(target=snapshotter) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for i in range(0, 2_000, 50):
-        c.upsert([f"v{j}" for j in range(i, i + 50)], x[i : i + 50], [{}] * 50)
-    for t in threads:
-        t.join()
-    c.snapshot()
-    assert not errors
-    published = snapshots.read_current(tmp_path)
-    assert (tmp_path / published["dir"]).is_dir()
-    assert sorted(p.name for p in tmp_path.glob("snap-*")) == [published["dir"]]
+    monkeypatch.setattr(snapshots, "remove_unpublished", paused_cleanup)
+    a = threading.Thread(target=c.snapshot, name="A")
+    a.start()
+    assert published.wait(10)
+    # ...while a write lands and snapshot B runs.
+    c.upsert(["late"], vectors(1, seed=5), [{}])
+    b = threading.Thread(target=c.snapshot, name="B")
+    b.start()
+    time.sleep(0.3)
+    resume.set()
+    a.join(10)
+    b.join(10)
+    published_dir = snapshots.read_current(tmp_path)["dir"]
+    assert (tmp_path / published_dir).is_dir(), "CURRENT names a deleted snapshot"
+    assert sorted(p.name for p in tmp_path.glob("snap-*")) == [published_dir]
     again = opened(tmp_path)
-    assert again.count == 2_000 and not again.get([f"v{j}" for j in range(2_000)])[1]
+    assert again.count == 101 and not again.get(["late"])[1]
 
 
 def test_a_snapshot_folder_left_by_a_crash_before_publication_is_replaced(tmp_path):

@@ -4,9 +4,11 @@ cache invalidation before acknowledgement (cancelled, failed, backed-off and Red
 from __future__ import annotations
 
 import asyncio
+import io
 
 import numpy as np
 import pytest
+from PIL import Image
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -101,6 +103,13 @@ def make_service(redis: FakeRedis | None = None) -> tuple[GatewayService, list[F
     return GatewayService(settings, shards, FakeEmbedder(), cache), shards, redis
 
 
+def png() -> bytes:
+    """A real, decodable image: a text collection must refuse it by kind, not by decoding."""
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
 def unit(seed: int, dim: int = 384) -> np.ndarray:
     v = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
     return v / np.linalg.norm(v)
@@ -114,7 +123,7 @@ def test_items_of_a_kind_the_collection_does_not_take_fail_alone():
     service, _, _ = make_service()
     items = [
         UpsertInput("ok", vector=unit(1)),
-        UpsertInput("pic", image=b"\x89PNG"),
+        UpsertInput("pic", image=png()),
         UpsertInput("big", vector=unit(2), metadata={"x": "y" * 5000}),
         UpsertInput("ok", vector=unit(3)),
         UpsertInput("", vector=unit(4)),
