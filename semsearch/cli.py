@@ -234,59 +234,79 @@ def _client(args: argparse.Namespace, timeout_s: float = 30.0):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from semsearch.stack import Stack, StackState, status_of
+    from semsearch.supervisor import StartFailed, up
     from services.embedder.export import export_models, repository_is_current
 
-    state = StackState.load(_stack_file())
-    if state is not None and status_of(state)[0][2] == "SERVING":
-        print(f"already running: gateway {state.gateway} (semsearch down stops it)")
-        return 0
     repository = _repository(args)
     if not repository_is_current(repository):
         export_models(repository)
-    stack = Stack(
-        _home() / "stack",
-        repository,
-        num_shards=args.shards,
-        gateway_port=args.port,
-        with_prometheus=args.with_prometheus,
-    )
-    stack.start()
-    state = stack.state()
-    state.save(_stack_file())
-    _print_status(state)
+    try:
+        outcome, notes = up(
+            _home(), repository, shards=args.shards, port=args.port, with_prometheus=args.with_prometheus
+        )
+    except StartFailed as exc:
+        log.error("%s", exc)
+        return 1
+    if outcome == "running":
+        print("already running" + (f"; restarted dead parts: {', '.join(notes)}" if notes else ""))
+    else:
+        for note in notes:
+            print(note)
+    return _print_status(as_json=False)
+
+
+def _print_status(as_json: bool) -> int:
+    """Print the stack's status; returns 0 when it runs, 1 when it does not."""
+    from semsearch.stack import StackState, status_of
+    from semsearch.supervisor import ask
+
+    state = StackState.load(_stack_file())
+    supervisor = ask(_home(), {"cmd": "status"})
+    if state is None or supervisor is None:
+        print(json.dumps({"running": False}) if as_json else "not running (semsearch up starts it)")
+        return 1
+    rows = status_of(state, supervisor)
+    metrics = {"gateway": f"http://127.0.0.1:{state.gateway_metrics}/metrics",
+               "triton": f"http://127.0.0.1:{state.triton_metrics}/metrics"}  # fmt: skip
+    metrics |= {f"shard-{i}": f"http://127.0.0.1:{p}/metrics" for i, p in enumerate(state.shard_metrics)}
+    if as_json:
+        print(json.dumps({"running": True, "gateway": state.gateway, "parts": rows, "metrics": metrics,
+                          "prometheus": state.prometheus or None}))  # fmt: skip
+        return 0
+    print(_table(["part", "address", "state", "restarts", "why"],
+                 [(r["part"], r["address"], r["state"], r["restarts"], r["why"]) for r in rows]))  # fmt: skip
+    gateway = rows[0]
+    print(f"shard coverage the gateway can offer now: {gateway['coverage']}")
+    print("metrics: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
+    if state.prometheus:
+        print(f"prometheus: {state.prometheus} (rules from deploy/prometheus/rules.yml)")
     return 0
 
 
-def _print_status(state) -> None:
-    from semsearch.stack import status_of
-
-    print(_table(["part", "address", "state"], status_of(state)))
-    metrics = [f"gateway http://127.0.0.1:{state.gateway_metrics}/metrics",
-               f"triton http://127.0.0.1:{state.triton_metrics}/metrics"]  # fmt: skip
-    metrics += [f"shard {i} http://127.0.0.1:{p}/metrics" for i, p in enumerate(state.shard_metrics)]
-    print("metrics: " + ", ".join(metrics))
-    if state.prometheus:
-        print(f"prometheus: {state.prometheus} (rules from deploy/prometheus/rules.yml)")
-
-
 def cmd_down(args: argparse.Namespace) -> int:
-    from semsearch.stack import stop_saved
+    from semsearch.supervisor import down
 
-    stopped = stop_saved(_stack_file())
+    stopped = down(_home())
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing running")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from semsearch.stack import StackState
+    return _print_status(as_json=args.json)
 
-    state = StackState.load(_stack_file())
-    if state is None:
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    from semsearch.supervisor import ask
+
+    part = f"shard-{args.number}" if args.part == "shard" else args.part
+    if args.part == "shard" and args.number is None:
+        raise SystemExit("semsearch restart shard N: give the shard's number")
+    reply = ask(_home(), {"cmd": "restart", "part": part}, timeout=600)
+    if reply is None:
         print("not running (semsearch up starts it)")
         return 1
-    _print_status(state)
-    return 0
+    print(reply.get("message") or reply.get("error"))
+    return 0 if "message" in reply else 1
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -493,9 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "up",
         help="start the local stack (tritonserver, redis-server, shards, gateway) in the background",
-        description="Start every part as a real process on 127.0.0.1, wait until each is healthy, "
-        "save the addresses to $SEMSEARCH_HOME/stack.json (default var/) and return. "
-        "`semsearch down` stops it.",
+        description="Start a supervisor that runs every part as a real process on 127.0.0.1, waits until "
+        "each is healthy and restarts a part that dies (same address, back-off); save the addresses to "
+        "$SEMSEARCH_HOME/stack.json (default var/) and return. On a running stack, restart only the parts "
+        "that are down. `semsearch down` stops everything.",
     )
     p.add_argument("--shards", type=int, default=2, help="indexer shards (default 2)")
     p.add_argument("--port", type=int, help="gateway port (default: a free one)")
@@ -506,10 +527,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repo_arg(p)
     p.set_defaults(func=cmd_up)
-    p = sub.add_parser("down", help="stop the local stack")
+    p = sub.add_parser(
+        "down",
+        help="stop the local stack",
+        description="Stop the supervisor (it stops the gateway, the shards, Triton and Redis in order, "
+        "each draining and, for shards, snapshotting) and then every process the stack ever started "
+        "that still runs, including parts left by an earlier supervisor that died.",
+    )
     p.set_defaults(func=cmd_down)
-    p = sub.add_parser("status", help="show the local stack's parts and health")
+    p = sub.add_parser(
+        "status",
+        help="show the local stack's parts: serving, degraded (why) or down, restarts, coverage",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser(
+        "restart",
+        help="rolling restart of one part of the local stack (e.g. shard 1, gateway)",
+        description="Drain and restart one part on its address while the others keep serving: searches "
+        "go on with partial coverage (min_coverage < 1 accepts them) and writes routed to a "
+        "restarting shard fail with UNAVAILABLE, which is safe to retry. Nothing acknowledged is lost.",
+    )
+    p.add_argument("part", choices=["shard", "gateway", "triton", "redis", "prometheus"])
+    p.add_argument("number", type=int, nargs="?", help="the shard's number (for `shard`)")
+    p.set_defaults(func=cmd_restart)
 
     def gateway_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--gateway", help="HOST:PORT (default $SEMSEARCH_GATEWAY or the local stack)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,28 @@ import grpc
 import numpy as np
 
 from semsearch.v1 import search_pb2, search_pb2_grpc
+
+# Reads are retried on UNAVAILABLE (a gateway restarting, a shard below the requested coverage for a
+# moment) with exponential back-off, about 3 s in all; writes are not (the caller decides).
+RETRY_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "semsearch.v1.Search", "method": m}
+                    for m in ("Search", "Get", "ListCollections")
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "1.6s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +68,12 @@ class SemsearchClient:
         tls_ca: str | Path | None = None,
     ) -> None:
         """`tls_ca`: a PEM file of the CA that signed the gateway's certificate (TLS); None: plaintext."""
-        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        options = [
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", RETRY_CONFIG),
+        ]
         if tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
             self.channel = grpc.secure_channel(address, credentials, options=options)

@@ -33,20 +33,18 @@ def run_demo(repository: Path, home: Path, *, limit: int | None = None, shards: 
     from semsearch.client import SemsearchClient
     from semsearch.datasets import fashion_mnist
     from semsearch.ingest import dataset_items, ingest
-    from semsearch.stack import Stack, StackState, status_of
+    from semsearch.stack import StackState
+    from semsearch.supervisor import STATE_FILE, up
     from services.embedder.export import export_models, repository_is_current
 
     begin = time.perf_counter()
     if not repository_is_current(repository):
         print(f"Exporting models from packaged weights into {repository} ...", flush=True)
         export_models(repository)
-    state_file = home / "stack.json"
-    state = StackState.load(state_file)
-    if state is None or status_of(state)[0][2] != "SERVING":
-        print("Starting the local stack: tritonserver, redis-server, shards, gateway ...", flush=True)
-        stack = Stack(home / "stack", repository, num_shards=shards).start()
-        state = stack.state()
-        state.save(state_file)
+    print("Starting the local stack (or reusing a running one): tritonserver, redis-server, shards, "
+          "gateway, under a supervisor ...", flush=True)  # fmt: skip
+    up(home, repository, shards=shards, port=None, with_prometheus=False)
+    state = StackState.load(home / STATE_FILE)
     print(f"gateway on {state.gateway}")
 
     with SemsearchClient(state.gateway, timeout_s=60) as client:

@@ -1,7 +1,8 @@
-"""Durable file helpers: fsync'd writes, atomic replacement, directory fsyncs."""
+"""Durable file helpers: fsync'd writes, atomic replacement, directory fsyncs, directory locks."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -40,3 +41,45 @@ def atomic_write(path: Path, data: bytes) -> None:
     write_file(tmp, data)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+class DirectoryInUse(RuntimeError):
+    """Another process holds the directory's lock."""
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory (flock on `<dir>/LOCK`, holding the owner's pid), so that one
+    process at a time writes there. Released when the process exits, even by SIGKILL."""
+
+    def __init__(self, directory: Path, what: str) -> None:
+        self.path = Path(directory) / "LOCK"
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> DirectoryLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DirectoryInUse(
+                f"{self.path.parent} is in use by pid {holder} (another {self.what}); refusing to start a "
+                "second writer on the same directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -110,6 +110,11 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process ended (negative: killed by that signal), else None."""
+        return self.process.poll() if self.process is not None else None
+
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL it after `grace` seconds."""
         if self.process is None:

@@ -10,14 +10,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from semsearch.procs import (
-    ManagedProcess,
-    StartupError,
-    free_port,
-    is_bind_error,
-    port_open,
-    stop_process_group,
-)
+from semsearch.procs import ManagedProcess, StartupError, free_port, is_bind_error, port_open
 from semsearch.rpc import health_serving
 from services.embedder.triton import TritonPorts, TritonServer
 from services.indexer.launcher import ShardProcess
@@ -44,6 +37,10 @@ class StackState:
     triton_shm_prefix: str = ""
     prometheus: str = ""
     pids: dict[str, int] = field(default_factory=dict)
+    gateway_health: str = ""
+    triton_http: str = ""
+    supervisor_pid: int = 0
+    socket: str = ""
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -141,6 +138,8 @@ class Stack:
 
     def start_triton(self) -> None:
         first = self.triton is None
+        if not first:
+            self.triton.stop()  # a restart: also clears the python backend's shared memory left over
         for attempt in range(BIND_ATTEMPTS):
             ports = TritonPorts.free() if first else self.triton.ports
             self.triton = TritonServer(self.model_repository, work_dir=self.home / "triton", ports=ports)
@@ -171,11 +170,16 @@ class Stack:
             self.start_shard(i)
 
     def start_gateway(self) -> None:
-        # Ports are picked right before the start, and picked again if another process took one
-        # in between (a free port can become some connection's ephemeral port at any time).
+        """Start (or restart, on the same ports) the gateway and wait for its readiness. Ports are
+        picked right before the first start, and picked again if another process took one in between
+        (a free port can become some connection's ephemeral port at any time)."""
+        if self.gateway_metrics_port:
+            self._start_gateway_once()
+            return
         for attempt in range(BIND_ATTEMPTS):
             self.gateway_port = self.fixed_gateway_port or free_port()
             self.gateway_metrics_port = free_port()
+            self.gateway_health_port = free_port() if self.env.get("SEMSEARCH_TLS_CERT") else 0
             try:
                 self._start_gateway_once()
                 return
@@ -183,6 +187,12 @@ class Stack:
                 if attempt == BIND_ATTEMPTS - 1 or not is_bind_error(exc):
                     raise
                 log.warning("gateway could not bind its ports, retrying with others")
+
+    @property
+    def gateway_health_address(self) -> str:
+        """Where probes ask the gateway's health: its plaintext health-only port under TLS."""
+        port = self.gateway_health_port or self.gateway_port
+        return f"127.0.0.1:{port}"
 
     def _start_gateway_once(self) -> None:
         env = dict(os.environ)
@@ -198,17 +208,13 @@ class Stack:
         )
         if self.collections_file:
             env["SEMSEARCH_COLLECTIONS_FILE"] = str(self.collections_file)
-        env.update(self.env)
-        health_address = self.gateway_address
-        if env.get("SEMSEARCH_TLS_CERT"):
-            # Probes of a TLS gateway use its plaintext health-only port.
-            self.gateway_health_port = free_port()
+        if self.gateway_health_port:
             env["SEMSEARCH_GATEWAY_HEALTH_PORT"] = str(self.gateway_health_port)
-            health_address = f"127.0.0.1:{self.gateway_health_port}"
+        env.update(self.env)
         self.gateway = ManagedProcess(
             "gateway", [sys.executable, "-m", "services.gateway"], log_path=self.home / "gateway.log", env=env
         )
-        self.gateway.start(lambda: health_serving(health_address, GATEWAY_SERVICE), 120)
+        self.gateway.start(lambda: health_serving(self.gateway_health_address, GATEWAY_SERVICE), 120)
 
     def prometheus_config(self, scrape_interval_s: int = 2) -> dict:
         """The scrape config of deploy/prometheus/prometheus.yml (same job names, same rules file)
@@ -261,15 +267,60 @@ class Stack:
         with urllib.request.urlopen(f"{self.prometheus_url}/-/ready", timeout=1) as response:
             return response.status == 200
 
+    def part_names(self) -> list[str]:
+        """Every part, in start order (shard 0 last of the shards: it needs every shard's address)."""
+        names = ["redis", "triton", *[f"shard-{i}" for i in [*range(1, self.num_shards), 0]], "gateway"]
+        return [*names, "prometheus"] if self.with_prometheus else names
+
+    def start_part(self, name: str) -> None:
+        """Start (or restart on its address) one part and wait until it is ready."""
+        if name == "redis":
+            self.start_redis()
+        elif name == "triton":
+            self.start_triton()
+        elif name.startswith("shard-"):
+            self.start_shard(int(name.split("-", 1)[1]))
+        elif name == "gateway":
+            self.start_gateway()
+        elif name == "prometheus":
+            self.start_prometheus()
+        else:
+            raise ValueError(f"unknown part {name!r}")
+
+    def _process_of(self, name: str):
+        if name.startswith("shard-"):
+            i = int(name.split("-", 1)[1])
+            return self.shards[i] if i < len(self.shards) else None
+        return {"redis": self.redis, "triton": self.triton, "gateway": self.gateway,
+                "prometheus": self.prometheus}[name]  # fmt: skip
+
+    def part_pid(self, name: str) -> int | None:
+        process = self._process_of(name)
+        if process is None:
+            return None
+        return process.process.pid if isinstance(process, ShardProcess) and process.process else process.pid
+
+    def part_returncode(self, name: str) -> int | None:
+        """How the part's process ended (negative: killed by that signal); None while it runs."""
+        process = self._process_of(name)
+        return process.returncode if process is not None else None
+
+    def part_alive(self, name: str) -> bool:
+        process = self._process_of(name)
+        return process is not None and process.alive()
+
+    def stop_part(self, name: str, grace: float = 20.0) -> None:
+        """Stop one part gracefully (SIGTERM: it drains and, for a shard, snapshots; SIGKILL after
+        `grace` seconds)."""
+        process = self._process_of(name)
+        if process is not None:
+            process.stop(grace)
+
     def start(self) -> Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         try:
-            self.start_redis()
-            self.start_triton()
-            self.start_shards()
-            self.start_gateway()
-            if self.with_prometheus:
-                self.start_prometheus()
+            for name in self.part_names():
+                self.start_part(name)
         except BaseException:
             self.stop()
             raise
@@ -282,6 +333,8 @@ class Stack:
         pids.update({f"shard-{i}": s.process.pid for i, s in enumerate(self.shards)})
         return StackState(
             gateway=self.gateway_address,
+            gateway_health=self.gateway_health_address,
+            triton_http=self.triton.http_url,
             gateway_metrics=self.gateway_metrics_port,
             triton_grpc=self.triton.grpc_url,
             triton_metrics=self.triton.ports.metrics,
@@ -306,40 +359,73 @@ class Stack:
             self.redis.stop()
 
 
-def stop_saved(path: Path) -> list[str]:
-    """Stop a detached stack recorded in `path` (gateway first); returns what was stopped."""
-    state = StackState.load(path)
-    if state is None:
-        return []
-    order = [
-        "prometheus",
-        "gateway",
-        *sorted(k for k in state.pids if k.startswith("shard-")),
-        "triton",
-        "redis",
-    ]
-    stopped = []
-    for name in order:
-        pid = state.pids.get(name)
-        if pid:
-            stop_process_group(pid, grace=20)
-            stopped.append(name)
-    for leftover in Path("/dev/shm").glob(f"{state.triton_shm_prefix}*") if state.triton_shm_prefix else []:
-        leftover.unlink(missing_ok=True)
-    path.unlink()
-    return stopped
+def _tcp(address: str) -> tuple[str, int]:
+    host, port = address.split("//")[-1].split("/")[0].rsplit(":", 1)
+    return host, int(port)
 
 
-def status_of(state: StackState) -> list[tuple[str, str, str]]:
-    """(part, address, SERVING/down) for every part of a saved stack."""
-    rows = [("gateway", state.gateway, "SERVING" if health_serving(state.gateway) else "down")]
+def status_of(state: StackState, supervisor: dict | None = None) -> list[dict]:
+    """Each part of a running stack: state (serving, degraded with why, down), address and, from the
+    supervisor, pid and restart count; the gateway's row says which shard coverage it can offer now."""
+    parts = (supervisor or {}).get("parts", {})
+    rows: list[dict] = []
+
+    def row(name: str, address: str, condition: str, why: str = "", **extra) -> dict:
+        info = parts.get(name, {})
+        if info.get("restarting"):
+            condition, why = "down", "rolling restart in progress"
+        entry = {"part": name, "address": address, "state": condition, "why": why,
+                 "pid": info.get("pid"), "restarts": info.get("restarts", 0)} | extra  # fmt: skip
+        rows.append(entry)
+        return entry
+
+    shard_up = []
     for i, address in enumerate(state.shards):
-        rows.append((f"shard {i}", address, "SERVING" if health_serving(address) else "down"))
-    host, port = state.triton_grpc.rsplit(":", 1)
-    rows.append(("triton", state.triton_grpc, "up" if port_open(host, int(port)) else "down"))
-    redis_host, redis_port = state.redis_url.split("//")[1].split("/")[0].split(":")
-    rows.append(("redis", state.redis_url, "up" if port_open(redis_host, int(redis_port)) else "down"))
+        live = health_serving(address)
+        ready = live and health_serving(address, "semsearch.v1.Indexer")
+        shard_up.append(live)
+        if ready:
+            row(f"shard-{i}", address, "serving")
+        elif live:
+            row(f"shard-{i}", address, "degraded", "not taking writes (see its log) or still loading")
+        else:
+            row(f"shard-{i}", address, "down", "not answering")
+    triton_up = (
+        _http_ok(f"{state.triton_http}/v2/health/ready")
+        if state.triton_http
+        else port_open(*_tcp(state.triton_grpc))
+    )
+    row("triton", state.triton_grpc, "serving" if triton_up else "down")
+    redis_up = port_open(*_tcp(state.redis_url))
+    row("redis", state.redis_url, "serving" if redis_up else "down")
     if state.prometheus:
-        prom_port = int(state.prometheus.rsplit(":", 1)[1])
-        rows.append(("prometheus", state.prometheus, "up" if port_open("127.0.0.1", prom_port) else "down"))
-    return rows
+        row("prometheus", state.prometheus, "serving" if port_open(*_tcp(state.prometheus)) else "down")
+    health = state.gateway_health or state.gateway
+    answered = sum(shard_up)
+    coverage = f"{answered}/{len(state.shards)}"
+    if not health_serving(health):
+        gateway = row("gateway", state.gateway, "down", "not answering", coverage=coverage)
+    else:
+        why = []
+        if answered < len(state.shards):
+            missing = ", ".join(str(i) for i, up in enumerate(shard_up) if not up)
+            why.append(f"shard {missing} down: searches cover {coverage} shards (min_coverage < 1 to accept)")
+        if not triton_up:
+            why.append("triton down: text and image queries fail, vector and id queries work")
+        if not redis_up:
+            why.append("redis down: searches run uncached")
+        ready = health_serving(health, GATEWAY_SERVICE)
+        condition = "serving" if ready and not why else "degraded" if ready or answered else "down"
+        gateway = row("gateway", state.gateway, condition, "; ".join(why), coverage=coverage)
+    rows.remove(gateway)
+    return [gateway, *rows]
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False

@@ -123,6 +123,13 @@ class TritonServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    def alive(self) -> bool:
+        return self._process is not None and self._process.alive()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode if self._process is not None else None
+
     def argv(self) -> list[str]:
         backend_dir = prepare_backend_dir(self.work_dir)
         return [

@@ -7,7 +7,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import asyncio
+import logging
 
+from semsearch.durable import DirectoryInUse
 from semsearch.log import setup_logging
 from services.indexer.config import ShardSettings
 from services.indexer.server import run
@@ -15,7 +17,11 @@ from services.indexer.server import run
 
 def main() -> None:
     setup_logging()
-    asyncio.run(run(ShardSettings.from_env()))
+    try:
+        asyncio.run(run(ShardSettings.from_env()))
+    except DirectoryInUse as exc:
+        logging.getLogger("services.indexer").error("%s", exc)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -84,5 +84,9 @@ class ShardProcess:
         if self.process is not None:
             self.process.kill()
 
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()

@@ -8,6 +8,7 @@ import logging
 import grpc
 from prometheus_client import start_http_server
 
+from semsearch.durable import DirectoryLock
 from semsearch.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from semsearch.rpc import ErrorMappingInterceptor, method_names, serve, server_options
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
@@ -45,6 +46,8 @@ def build_server(settings: ShardSettings, shard: Shard) -> grpc.aio.Server:
 
 async def run(settings: ShardSettings) -> None:
     """Serve one shard until SIGTERM/SIGINT; the data loads while health says NOT_SERVING."""
+    # One writer per data directory: a second process on it exits here, before reading anything.
+    lock = DirectoryLock(settings.data_dir, "indexer shard").acquire()
     shard = Shard(settings)
     server = build_server(settings, shard)
     start_http_server(settings.metrics_port, addr=settings.host)
@@ -72,6 +75,9 @@ async def run(settings: ShardSettings) -> None:
         # After a failed fsync or apply a collection takes no writes until a restart: not ready.
         return shard.writable
 
-    await serve(
-        server, f"{settings.host}:{settings.port}", [service], load=load, close=close, readiness=ready
-    )
+    try:
+        await serve(
+            server, f"{settings.host}:{settings.port}", [service], load=load, close=close, readiness=ready
+        )
+    finally:
+        lock.release()
