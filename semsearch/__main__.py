@@ -1,5 +1,5 @@
 """`python -m semsearch` is the `semsearch` command."""
 
-from semsearch.cli import main
+from semsearch.tools.cli import main
 
 raise SystemExit(main())

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from semsearch.core.settings import Env
 from services.embedder.models import CPU_CONFIG_NAME
 
 
@@ -25,18 +26,16 @@ class EmbedderSettings:
     startup_timeout_s: float
 
     @classmethod
-    def from_env(cls) -> EmbedderSettings:
-        env = os.environ
+    def from_env(cls, environ=None) -> EmbedderSettings:
+        env = Env(environ)
         return cls(
-            model_repository=Path(
-                env.get("SEMSEARCH_MODEL_REPOSITORY", str(state_dir() / "model_repository"))
-            ),
-            host=env.get("SEMSEARCH_TRITON_HOST", "127.0.0.1"),
-            http_port=int(env.get("SEMSEARCH_TRITON_HTTP_PORT", "8000")),
-            grpc_port=int(env.get("SEMSEARCH_TRITON_GRPC_PORT", "8001")),
-            metrics_port=int(env.get("SEMSEARCH_TRITON_METRICS_PORT", "8002")),
-            config_name=env.get("SEMSEARCH_TRITON_CONFIG_NAME", CPU_CONFIG_NAME),
-            startup_timeout_s=float(env.get("SEMSEARCH_TRITON_STARTUP_TIMEOUT_S", "120")),
+            model_repository=Path(env.str("SEMSEARCH_MODEL_REPOSITORY") or state_dir() / "model_repository"),
+            host=env.str("SEMSEARCH_TRITON_HOST", "127.0.0.1"),
+            http_port=env.int("SEMSEARCH_TRITON_HTTP_PORT", 8000, minimum=0),
+            grpc_port=env.int("SEMSEARCH_TRITON_GRPC_PORT", 8001, minimum=0),
+            metrics_port=env.int("SEMSEARCH_TRITON_METRICS_PORT", 8002, minimum=0),
+            config_name=env.str("SEMSEARCH_TRITON_CONFIG_NAME", CPU_CONFIG_NAME),
+            startup_timeout_s=env.float("SEMSEARCH_TRITON_STARTUP_TIMEOUT_S", 120.0, minimum=1),
         )
 
     @property

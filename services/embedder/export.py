@@ -123,7 +123,7 @@ def _sha256(*paths: Path, extra: str = "") -> str:
 def sample_images(n: int = 8) -> np.ndarray:
     """Real images for export checks: Fashion-MNIST test images, uint8 [n, 224, 224, 3]."""
     from semsearch.datasets import fashion_mnist
-    from services.embedder.preprocess import decode_image
+    from semsearch.media import decode_image
 
     data = fashion_mnist("test")
     return np.stack([decode_image(data.png(i)) for i in range(n)])

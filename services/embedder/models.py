@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-IMAGE_MODEL = "efficientnet_lite0"
-TEXT_MODEL = "minilm_l6"
+from semsearch.core.models import (
+    IMAGE_DIM,
+    IMAGE_MODEL,
+    IMAGE_SIZE,
+    MAX_BATCH_SIZE,
+    TEXT_DIM,
+    TEXT_MODEL,
+    VERSION_PARAMETER,
+)
+
 TEXT_TOKENIZER = "minilm_l6_tokenizer"
 TEXT_ENCODER = "minilm_l6_encoder"
-
-IMAGE_SIZE = 224
-IMAGE_DIM = 1280
-TEXT_DIM = 384
 TEXT_MAX_TOKENS = 256
-MAX_BATCH_SIZE = 64
 
 # The config name the local (CPU, python-backend) deployment passes as --model-config-name.
 CPU_CONFIG_NAME = "cpu"
-VERSION_PARAMETER = "semsearch_version"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import asyncio
 import logging
 
-from semsearch.log import setup_logging
+from semsearch.core.log import setup_logging
 from services.gateway.config import GatewaySettings
 from services.gateway.server import run
 

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from semsearch.errors import Unavailable
+from semsearch.core.errors import Unavailable
 from services.gateway import metrics
 from services.gateway.domain import Hit, Query, SearchResult
 

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from services.indexer.config import CollectionConfig, load_collections
+from semsearch.core.collections import CollectionConfig, load_collections
+from semsearch.core.settings import Env
 
-# Which embedding model feeds which collection (collections not listed take vectors only).
-COLLECTION_MODELS = {"images": "efficientnet_lite0", "texts": "minilm_l6"}
-# The content kind each model embeds.
-MODEL_KINDS = {"efficientnet_lite0": "image", "minilm_l6": "text"}
 # Keys that appear in examples and documentation: never accepted.
 EXAMPLE_KEYS = frozenset({"change-me", "changeme", "secret", "password"})
 MIN_KEY_LENGTH = 16
-
-
-def accepted_kinds(collection: str) -> tuple[str, ...]:
-    """Query kinds a collection answers: its model's content kind (if any), vectors and stored ids."""
-    model = COLLECTION_MODELS.get(collection)
-    return ((MODEL_KINDS[model],) if model else ()) + ("vector", "id")
 
 
 def parse_api_keys(raw: str | None) -> tuple[str, ...]:
@@ -74,40 +64,35 @@ class GatewaySettings:
     health_port: int = 0
 
     @classmethod
-    def from_env(cls) -> GatewaySettings:
-        env = os.environ
-        missing = [
-            k for k in ("SEMSEARCH_SHARDS", "SEMSEARCH_TRITON_URL", "SEMSEARCH_REDIS_URL") if not env.get(k)
-        ]
-        if missing:
-            raise SystemExit(f"missing required settings: {', '.join(missing)}")
-        keys = parse_api_keys(env.get("SEMSEARCH_API_KEYS"))
-        tls_cert, tls_key = env.get("SEMSEARCH_TLS_CERT") or None, env.get("SEMSEARCH_TLS_KEY") or None
+    def from_env(cls, environ=None) -> GatewaySettings:
+        env = Env(environ)
+        env.required("SEMSEARCH_SHARDS", "SEMSEARCH_TRITON_URL", "SEMSEARCH_REDIS_URL")
+        tls_cert, tls_key = env.str("SEMSEARCH_TLS_CERT"), env.str("SEMSEARCH_TLS_KEY")
         if bool(tls_cert) != bool(tls_key):
             raise SystemExit(
                 "TLS needs both SEMSEARCH_TLS_CERT and SEMSEARCH_TLS_KEY; only one is set, and the gateway "
                 "does not fall back to plaintext"
             )
         return cls(
-            shards=tuple(a.strip() for a in env["SEMSEARCH_SHARDS"].split(",") if a.strip()),
-            triton_url=env["SEMSEARCH_TRITON_URL"],
-            redis_url=env["SEMSEARCH_REDIS_URL"],
-            collections=load_collections(env.get("SEMSEARCH_COLLECTIONS_FILE")),
-            host=env.get("SEMSEARCH_GATEWAY_HOST", "127.0.0.1"),
-            port=int(env.get("SEMSEARCH_GATEWAY_PORT", "7000")),
-            metrics_port=int(env.get("SEMSEARCH_GATEWAY_METRICS_PORT", "9000")),
-            max_k=int(env.get("SEMSEARCH_MAX_K", "1000")),
-            max_batch=int(env.get("SEMSEARCH_MAX_BATCH", "1000")),
-            max_in_flight=int(env.get("SEMSEARCH_MAX_IN_FLIGHT", "256")),
-            default_deadline_s=float(env.get("SEMSEARCH_DEFAULT_DEADLINE_S", "5")),
-            embedding_ttl_s=int(env.get("SEMSEARCH_EMBEDDING_TTL_S", str(24 * 3600))),
-            result_ttl_s=int(env.get("SEMSEARCH_RESULT_TTL_S", "300")),
-            cache_max_result_bytes=int(env.get("SEMSEARCH_CACHE_MAX_RESULT_BYTES", str(256 * 1024))),
-            max_message_bytes=int(env.get("SEMSEARCH_GATEWAY_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024))),
-            redis_timeout_s=float(env.get("SEMSEARCH_REDIS_TIMEOUT_S", "0.05")),
-            min_serving_shards=int(env.get("SEMSEARCH_MIN_SERVING_SHARDS", "1")),
-            api_keys=keys,
+            shards=env.list("SEMSEARCH_SHARDS"),
+            triton_url=env.str("SEMSEARCH_TRITON_URL"),
+            redis_url=env.str("SEMSEARCH_REDIS_URL"),
+            collections=load_collections(env.str("SEMSEARCH_COLLECTIONS_FILE")),
+            host=env.str("SEMSEARCH_GATEWAY_HOST", "127.0.0.1"),
+            port=env.int("SEMSEARCH_GATEWAY_PORT", 7000, minimum=0),
+            metrics_port=env.int("SEMSEARCH_GATEWAY_METRICS_PORT", 9000, minimum=0),
+            max_k=env.int("SEMSEARCH_MAX_K", 1000, minimum=1),
+            max_batch=env.int("SEMSEARCH_MAX_BATCH", 1000, minimum=1),
+            max_in_flight=env.int("SEMSEARCH_MAX_IN_FLIGHT", 256, minimum=1),
+            default_deadline_s=env.float("SEMSEARCH_DEFAULT_DEADLINE_S", 5.0, minimum=0.001),
+            embedding_ttl_s=env.int("SEMSEARCH_EMBEDDING_TTL_S", 24 * 3600, minimum=1),
+            result_ttl_s=env.int("SEMSEARCH_RESULT_TTL_S", 300, minimum=1),
+            cache_max_result_bytes=env.int("SEMSEARCH_CACHE_MAX_RESULT_BYTES", 256 * 1024, minimum=0),
+            max_message_bytes=env.int("SEMSEARCH_GATEWAY_MAX_MESSAGE_BYTES", 64 << 20, minimum=1024),
+            redis_timeout_s=env.float("SEMSEARCH_REDIS_TIMEOUT_S", 0.05, minimum=0.001),
+            min_serving_shards=env.int("SEMSEARCH_MIN_SERVING_SHARDS", 1, minimum=0),
+            api_keys=parse_api_keys(env.environ.get("SEMSEARCH_API_KEYS")),
             tls_cert=tls_cert,
             tls_key=tls_key,
-            health_port=int(env.get("SEMSEARCH_GATEWAY_HEALTH_PORT", "0")),
+            health_port=env.int("SEMSEARCH_GATEWAY_HEALTH_PORT", 0, minimum=0),
         )

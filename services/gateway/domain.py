@@ -16,11 +16,10 @@ class Hit:
 
 @dataclass(frozen=True)
 class ShardHits:
-    """One shard's answer: hits per query, and the generation and data version that served them."""
+    """One shard's answer: hits per query, and the index generation that served them."""
 
     hits: list[list[Hit]]
     generation: int
-    data_version: int
 
 
 @dataclass
@@ -67,3 +66,13 @@ class UpsertInput:
         if self.text is not None:
             return "text"
         return None
+
+
+@dataclass(frozen=True)
+class ShardCollection:
+    """A collection's state on one shard."""
+
+    name: str
+    count: int
+    generation: int
+    index: str

@@ -11,13 +11,12 @@ import grpc
 import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
-from semsearch.errors import (
+from semsearch.core.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    Unauthenticated,
     Unavailable,
 )
 from semsearch.rpc import (
@@ -29,10 +28,10 @@ from semsearch.rpc import (
     server_options,
 )
 from semsearch.v1 import search_pb2, search_pb2_grpc
-from services.embedder.client import EmbedderClient
 from services.gateway import metrics
 from services.gateway.cache import Cache
 from services.gateway.config import GatewaySettings
+from services.gateway.embedder_client import EmbedderClient
 from services.gateway.service import GatewayService
 from services.gateway.servicer import SearchServicer
 from services.gateway.shard_client import ShardClient, ShardMisconfigured
@@ -46,7 +45,6 @@ ERROR_CODES = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

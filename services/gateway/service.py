@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from semsearch.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
-from semsearch.merge import merge_topk
-from semsearch.routing import shard_for
-from services.embedder.client import EmbedderClient, EmbedderUnavailable
-from services.embedder.preprocess import InputError, normalize_text
+from semsearch.core.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
+from semsearch.core.merge import merge_topk
+from semsearch.core.routing import shard_for
+from semsearch.media import InputError, normalize_text
 from services.gateway import metrics
 from services.gateway.cache import Cache, content_hash
-from services.gateway.config import COLLECTION_MODELS, GatewaySettings, accepted_kinds
+from services.gateway.config import GatewaySettings
 from services.gateway.domain import Query, SearchResult, UpsertInput
+from services.gateway.embedder_client import EmbedderClient, EmbedderUnavailable
 from services.gateway.fanout import Gathered, gather_shards
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class GatewayService:
             raise NotFound(f"unknown collection {collection!r} (known: {known})", "collection") from None
 
     def _check_kind(self, collection: str, kind: str, field_name: str) -> None:
-        kinds = accepted_kinds(collection)
+        kinds = self.config(collection).accepted_kinds
         if kind not in kinds:
             words = ", ".join(KIND_WORDS[k] for k in kinds)
             raise InvalidArgument(
@@ -151,7 +151,7 @@ class GatewayService:
 
     async def _embed_query(self, query: Query, dim: int, timer: Timer) -> tuple[np.ndarray, str]:
         """Image and text queries: the embedding cache first, then Triton."""
-        model = COLLECTION_MODELS[query.collection]
+        model = self.config(query.collection).model
         try:
             version = await self.embedder.model_version(model)
         except EmbedderUnavailable as exc:
@@ -294,7 +294,7 @@ class GatewayService:
         kind = item.kind
         if kind is None:
             return f"items[{i}]: needs an image, a text or a vector"
-        kinds = [k for k in accepted_kinds(collection) if k != "id"]
+        kinds = [k for k in config.accepted_kinds if k != "id"]
         if kind not in kinds:
             return (
                 f"items[{i}].{kind}: collection {collection!r} takes {' or '.join(kinds)} items, not {kind}s"
@@ -382,7 +382,7 @@ class GatewayService:
         gathered = await gather_shards(self.shards, stats, timeout_s)
         out = []
         for name, config in self.collections.items():
-            model = COLLECTION_MODELS.get(name, "")
+            model = config.model
             version = ""
             if model:
                 try:
@@ -390,8 +390,8 @@ class GatewayService:
                 except EmbedderUnavailable:
                     version = ""
             count, generations, index = 0, {}, "exact"
-            for shard, response in gathered.answers.items():
-                for c in response.collections:
+            for shard, collections in gathered.answers.items():
+                for c in collections:
                     if c.name == name:
                         count += c.count
                         generations[shard] = c.generation

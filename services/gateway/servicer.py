@@ -8,7 +8,7 @@ import collections
 import grpc
 import numpy as np
 
-from semsearch.errors import InvalidArgument
+from semsearch.core.errors import InvalidArgument
 from semsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 from services.gateway.domain import Query, UpsertInput
 from services.gateway.service import GatewayService

@@ -1,5 +1,6 @@
-"""Async gRPC client of one indexer shard, returning domain values; failures come out as
-semsearch.errors exceptions worded for the public API (shard number, never an address)."""
+"""Async gRPC client of one indexer shard: returns domain values (services/gateway/domain.py), and
+failures as semsearch.core.errors exceptions worded for the public API (a shard number, never an
+address)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import logging
 import grpc
 import numpy as np
 
-from semsearch.errors import DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable
+from semsearch.core.errors import DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable
 from semsearch.rpc import CHANNEL_OPTIONS
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
-from services.gateway.domain import Hit, ShardHits
+from services.gateway.domain import Hit, ShardCollection, ShardHits
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class ShardClient:
         )
         response = await self._rpc(self.stub.Search(request, timeout=timeout))
         hits = [[Hit(h.id, h.score, dict(h.metadata)) for h in r.hits] for r in response.results]
-        return ShardHits(hits, response.generation, response.data_version)
+        return ShardHits(hits, response.generation)
 
     async def upsert(
         self,
@@ -103,7 +104,8 @@ class ShardClient:
         ]
         return items, list(response.missing)
 
-    async def stats(self, timeout: float) -> indexer_pb2.StatsResponse:
+    async def stats(self, timeout: float) -> list[ShardCollection]:
+        """Every collection's state on this shard, after checking the shard is the one expected here."""
         response = await self._rpc(self.stub.Stats(indexer_pb2.StatsRequest(), timeout=timeout))
         if (response.shard, response.num_shards) != (self.shard, self.num_shards):
             log.error(
@@ -114,7 +116,7 @@ class ShardClient:
                 f"{self.name} is misconfigured: the process at its address says it is shard {response.shard} "
                 f"of {response.num_shards}"
             )
-        return response
+        return [ShardCollection(c.name, c.count, c.generation, c.index) for c in response.collections]
 
     async def _rpc(self, call):
         try:

@@ -9,8 +9,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import asyncio
 import logging
 
-from semsearch.durable import DirectoryInUse
-from semsearch.log import setup_logging
+from semsearch.core.durable import DirectoryInUse
+from semsearch.core.log import setup_logging
 from services.indexer.config import ShardSettings
 from services.indexer.server import run
 

@@ -44,6 +44,7 @@ class SearchBatcher:
         self.delay_s = delay_s
         self._pending: list[_Pending] = []
         self._draining = False
+        self._drain_task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"search-{collection.name}")
 
     async def search(self, queries: np.ndarray, k: int, nprobe: int, depth: int) -> BatchedResult:
@@ -51,7 +52,9 @@ class SearchBatcher:
         self._pending.append(_Pending(queries, k, nprobe, depth, future))
         if not self._draining:
             self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
+            # Keep a reference: the event loop holds tasks weakly, a dropped one can be collected
+            # mid-flight.
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:

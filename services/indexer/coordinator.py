@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
-from semsearch.errors import FailedPrecondition, InvalidArgument, Unavailable
+from semsearch.core.collections import CollectionConfig
+from semsearch.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from semsearch.rpc import CHANNEL_OPTIONS
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import index_ops
-from services.indexer.config import CollectionConfig
 
 log = logging.getLogger(__name__)
 

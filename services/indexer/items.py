@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semsearch.durable import write_file
+from semsearch.core.durable import write_file
 
 
 class ItemTable:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-from semsearch.errors import ResourceExhausted
+from semsearch.core.errors import ResourceExhausted
 
 # Rows scored per block by the exact scan.
 SCAN_BLOCK_ROWS = 65_536

@@ -8,8 +8,14 @@ import logging
 import grpc
 from prometheus_client import start_http_server
 
-from semsearch.durable import DirectoryLock
-from semsearch.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from semsearch.core.durable import DirectoryLock
+from semsearch.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from semsearch.rpc import ErrorMappingInterceptor, method_names, serve, server_options
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import metrics

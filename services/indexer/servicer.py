@@ -8,8 +8,8 @@ from functools import partial
 import grpc
 import numpy as np
 
-from semsearch.errors import FailedPrecondition, InvalidArgument, Unavailable
-from semsearch.routing import shard_for
+from semsearch.core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from semsearch.core.routing import shard_for
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import metrics
 from services.indexer.collection import MAX_K

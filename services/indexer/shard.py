@@ -6,7 +6,7 @@ import asyncio
 import logging
 import shutil
 
-from semsearch.errors import NotFound
+from semsearch.core.errors import NotFound
 from services.indexer import metrics
 from services.indexer.batcher import SearchBatcher
 from services.indexer.collection import Collection

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from semsearch.durable import atomic_write, fsync_dir, write_file
+from semsearch.core.durable import atomic_write, fsync_dir, write_file
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from semsearch.durable import fsync_dir
+from semsearch.core.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 

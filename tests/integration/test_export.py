@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from semsearch.datasets import fashion_mnist, fortunes
+from semsearch.media import decode_image
 from services.embedder.export import read_versions, torch_image_model, torch_text_model
 from services.embedder.inprocess import InProcessEmbedder
-from services.embedder.preprocess import decode_image
 from tests.integration.test_triton_embedder import sample_photos
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import grpc
 import numpy as np
 import pytest
 
+from semsearch.core.collections import CollectionConfig
+from semsearch.tools.launch import ShardProcess
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
-from services.indexer.config import CollectionConfig
-from services.indexer.launcher import ShardProcess
 
 pytestmark = [
     pytest.mark.integration,

@@ -13,7 +13,7 @@ from PIL import Image
 from semsearch.client import Item, SemsearchClient
 from semsearch.datasets import fashion_mnist, fortunes
 from semsearch.rpc import health_serving
-from semsearch.stack import GATEWAY_SERVICE, Stack
+from semsearch.tools.stack import GATEWAY_SERVICE, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,8 @@ def test_every_query_kind(client):
     assert by_image.hits[0].id == "img3" and by_image.hits[0].score > 0.999
     assert by_image.shards_answered == by_image.shards_queried == 2
     assert by_image.model_version.startswith("efficientnet_lite0@")
-    assert {t.stage for t in by_image.timings} >= {"embed", "fanout", "merge"}
+    stages = [t.stage for t in by_image.timings]
+    assert stages == ["embedding_cache", "embed", "result_cache", "fanout", "merge"], stages
 
     by_id = client.search("images", id="img3", k=5)
     assert "img3" not in [h.id for h in by_id.hits] and len(by_id.hits) == 5

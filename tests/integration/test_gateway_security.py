@@ -17,7 +17,7 @@ import pytest
 from semsearch.client import Item, SemsearchClient
 from semsearch.procs import free_port
 from semsearch.rpc import health_serving
-from semsearch.stack import GATEWAY_SERVICE, Stack
+from semsearch.tools.stack import GATEWAY_SERVICE, Stack
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.indexer.bench import bench, clustered_vectors
+from semsearch.tools.bench.indexer import bench, clustered_vectors
 
 SUMMARY_KEYS = {
     "n", "dim", "factory", "nprobe", "rerank", "recall_at_10", "recall_at_10_inprocess",

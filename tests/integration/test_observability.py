@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from semsearch.client import Item, SemsearchClient
-from semsearch.stack import Stack
+from semsearch.tools.stack import Stack
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

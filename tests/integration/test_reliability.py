@@ -12,7 +12,7 @@ import pytest
 
 from semsearch.client import Item, SemsearchClient
 from semsearch.datasets import fashion_mnist, fortunes
-from semsearch.stack import Stack
+from semsearch.tools.stack import Stack
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer.coordinator import train_collection, wait_for_rebuilds
 
@@ -50,8 +50,8 @@ def stack(model_repository, tmp_path_factory):
     collections.write_text(
         json.dumps(
             [
-                {"name": "images", "dim": 1280, "factory": "IVF1024,PQ64"},
-                {"name": "texts", "dim": 384, "factory": "IVF1024,PQ48"},
+                {"name": "images", "dim": 1280, "factory": "IVF1024,PQ64", "model": "efficientnet_lite0"},
+                {"name": "texts", "dim": 384, "factory": "IVF1024,PQ48", "model": "minilm_l6"},
                 VECS,
                 AUTO,
             ]
@@ -113,7 +113,7 @@ def test_k_hits_come_back_whenever_the_collection_holds_k_items(stack, client):
     by_id = client.search("vecs", id="v0", k=1000, no_cache=True)
     assert len(by_id.hits) == 1000 and "v0" not in {h.id for h in by_id.hits}
     channels = [grpc.insecure_channel(s.address) for s in stack.shards]
-    from services.indexer.config import CollectionConfig
+    from semsearch.core.collections import CollectionConfig
 
     report = train_collection(channels, CollectionConfig(**VECS))
     wait_for_rebuilds(channels, "vecs", report["next_generations"], timeout_s=300)

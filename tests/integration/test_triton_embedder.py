@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 
 from semsearch.datasets import fashion_mnist, fortunes
+from semsearch.media import decode_image
 from semsearch.procs import StartupError
 from services.embedder import models
-from services.embedder.client import EmbedderClient, EmbedderUnavailable
 from services.embedder.export import SAMPLE_TEXTS, read_versions
 from services.embedder.inprocess import InProcessEmbedder
-from services.embedder.preprocess import decode_image
 from services.embedder.triton import TritonServer
+from services.gateway.embedder_client import EmbedderClient, EmbedderUnavailable
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semsearch.errors import ResourceExhausted, Unavailable
+from semsearch.core.collections import CollectionConfig
+from semsearch.core.errors import ResourceExhausted, Unavailable
 from services.indexer import index_ops, snapshots
 from services.indexer.collection import Collection
-from services.indexer.config import CollectionConfig
 from services.indexer.items import ItemTable
 from services.indexer.store import VectorStore
 

@@ -40,7 +40,7 @@ REQUIRED_ENV = {
 def env_names_read_by_code() -> set[str]:
     """Every SEMSEARCH_* variable name that appears as a string literal in the services or package."""
     names: set[str] = set()
-    for path in [*ROOT.glob("services/*/*.py"), *ROOT.glob("semsearch/*.py")]:
+    for path in [*ROOT.glob("services/**/*.py"), *ROOT.glob("semsearch/**/*.py")]:
         names.update(re.findall(r"[\"'](SEMSEARCH_[A-Z0-9_]+)[\"']", path.read_text()))
     return names
 
@@ -304,7 +304,7 @@ def test_promtool_checks_config_and_rules() -> None:
 def registry_names() -> set[str]:
     """Sample names (with _bucket/_sum/_count/_total suffixes) of every metric the code defines."""
     import semsearch.rpc  # noqa: F401
-    import services.embedder.client
+    import services.gateway.embedder_client
     import services.gateway.metrics
     import services.indexer.metrics  # noqa: F401
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from services.embedder.evaluate import precision_at_k_loo
+from semsearch.tools.embedder_eval import precision_at_k_loo
 
 
 def test_perfectly_separated_clusters_score_one():

@@ -12,12 +12,12 @@ from PIL import Image
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from semsearch.errors import InvalidArgument, Unavailable
+from semsearch.core.collections import DEFAULT_COLLECTIONS
+from semsearch.core.errors import InvalidArgument, Unavailable
 from services.gateway.cache import Cache
 from services.gateway.config import GatewaySettings
 from services.gateway.domain import Hit, Query, ShardHits, UpsertInput
 from services.gateway.service import GatewayService
-from services.indexer.config import DEFAULT_COLLECTIONS
 
 
 class FakeRedis:
@@ -82,7 +82,7 @@ class FakeShard:
         hits = [
             Hit(i, float(v @ queries[0]), {}) for i, v in self.items.items() if i not in (exclude_ids or [])
         ]
-        return ShardHits([sorted(hits, key=lambda h: -h.score)[:k]], 0, 0)
+        return ShardHits([sorted(hits, key=lambda h: -h.score)[:k]], 0)
 
     async def stats(self, timeout):
         raise AssertionError("not used")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.embedder import preprocess
-from services.embedder.preprocess import InputError, decode_image, normalize_text
+from semsearch import media as preprocess
+from semsearch.media import InputError, decode_image, normalize_text
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -17,9 +17,9 @@ import redis
 
 from semsearch.client import Item, SemsearchClient
 from semsearch.datasets import fashion_mnist, fortunes
-from semsearch.echo import METHOD as ECHO_METHOD
 from semsearch.procs import ManagedProcess, free_port, port_open
-from semsearch.stack import Stack
+from semsearch.tools.echo import METHOD as ECHO_METHOD
+from semsearch.tools.stack import Stack
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc, search_pb2
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def bench(
         response_bytes = client.stub.Search(cached_request).SerializeToString()
         (work / "echo.bin").write_bytes(response_bytes)
         port = free_port()
-        argv = [sys.executable, "-m", "semsearch.echo", str(port), str(work / "echo.bin")]
+        argv = [sys.executable, "-m", "semsearch.tools.echo", str(port), str(work / "echo.bin")]
         echo = ManagedProcess("echo", argv, log_path=work / "echo.log")
         echo.start(lambda: port_open("127.0.0.1", port), 60)
         echo_channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -1,6 +1,6 @@
 """A bare grpc.aio server that answers every call with fixed bytes: the gRPC floor in benchmarks.
 
-Run as `python -m semsearch.echo PORT RESPONSE_FILE`; the method is /semsearch.bench.Echo/Call.
+Run as `python -m semsearch.tools.echo PORT RESPONSE_FILE`; the method is /semsearch.bench.Echo/Call.
 """
 
 from __future__ import annotations

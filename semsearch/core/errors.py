@@ -33,7 +33,3 @@ class DeadlineExceeded(ServiceError):
 
 class ResourceExhausted(ServiceError):
     """Too much in flight or too large (RESOURCE_EXHAUSTED)."""
-
-
-class Unauthenticated(ServiceError):
-    """Missing or wrong API key (UNAUTHENTICATED)."""

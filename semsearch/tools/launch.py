@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from semsearch.core.collections import CollectionConfig
 from semsearch.procs import ManagedProcess, StartupError, free_port, is_bind_error
 from semsearch.rpc import health_serving
-from services.indexer.config import CollectionConfig
 
 
 @dataclass

@@ -32,9 +32,9 @@ def _show(title: str, response) -> None:
 def run_demo(repository: Path, home: Path, *, limit: int | None = None, shards: int = 2) -> int:
     from semsearch.client import SemsearchClient
     from semsearch.datasets import fashion_mnist
-    from semsearch.ingest import dataset_items, ingest
-    from semsearch.stack import StackState
-    from semsearch.supervisor import STATE_FILE, up
+    from semsearch.tools.ingest import dataset_items, ingest
+    from semsearch.tools.stack import StackState
+    from semsearch.tools.supervisor import STATE_FILE, up
     from services.embedder.export import export_models, repository_is_current
 
     begin = time.perf_counter()

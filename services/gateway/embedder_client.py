@@ -15,8 +15,8 @@ from prometheus_client import Counter, Histogram
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from services.embedder import models
-from services.embedder.preprocess import InputError, decode_image, normalize_text
+from semsearch.core import models
+from semsearch.media import InputError, decode_image, normalize_text
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 from semsearch.procs import ManagedProcess, StartupError, free_port, is_bind_error, port_open
 from semsearch.rpc import health_serving
+from semsearch.tools.launch import ShardProcess
 from services.embedder.triton import TritonPorts, TritonServer
-from services.indexer.launcher import ShardProcess
 
 log = logging.getLogger(__name__)
 
 BIND_ATTEMPTS = 3
 # The gateway's readiness (its health for this service name): enough shards answer.
 GATEWAY_SERVICE = "semsearch.v1.Search"
-PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
 
 @dataclass

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from services.embedder.models import IMAGE_SIZE
+from semsearch.core.models import IMAGE_SIZE
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 # Decoded size limit: a 64-megapixel RGBA image is 256 MB in memory; a "decompression bomb" is a

@@ -23,13 +23,13 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
+from semsearch.core.collections import CollectionConfig
 from semsearch.procs import ManagedProcess, free_port, port_open
 from semsearch.rpc import server_options
+from semsearch.tools.launch import ShardProcess
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
 from services.indexer import search_ops
-from services.indexer.config import CollectionConfig
 from services.indexer.coordinator import train_collection, wait_for_rebuilds
-from services.indexer.launcher import ShardProcess
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def _start_echo(response: indexer_pb2.ShardSearchResponse, directory: Path) -> t
     port = free_port()
     process = ManagedProcess(
         "bench echo server",
-        [sys.executable, "-m", "services.indexer.bench", "echo", str(port), str(path)],
+        [sys.executable, "-m", "semsearch.tools.bench.indexer", "echo", str(port), str(path)],
         log_path=directory / "echo.log",
     )
     process.start(lambda: port_open("127.0.0.1", port), timeout=60)
@@ -597,7 +597,7 @@ def bench(
 
 
 if __name__ == "__main__":
-    # `python -m services.indexer.bench echo PORT RESPONSE_FILE`: the echo server process.
+    # `python -m semsearch.tools.bench.indexer echo PORT RESPONSE_FILE`: the echo server process.
     if len(sys.argv) != 4 or sys.argv[1] != "echo":
-        raise SystemExit("usage: python -m services.indexer.bench echo PORT RESPONSE_FILE")
+        raise SystemExit("usage: python -m semsearch.tools.bench.indexer echo PORT RESPONSE_FILE")
     serve_echo(int(sys.argv[2]), Path(sys.argv[3]))

@@ -25,6 +25,20 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def ensure_dir(path: Path) -> None:
+    """Create `path` and any missing parents, making each new name durable (its parent fsync'd): a
+    folder whose name was never fsync'd can vanish in a power cut with everything inside it."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    ensure_dir(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    fsync_dir(path.parent)
+
+
 def write_file(path: Path, data: bytes) -> None:
     """Write `data` to `path` and fsync it (the name is durable only after fsync_dir)."""
     with open(path, "wb") as f:
@@ -57,7 +71,7 @@ class DirectoryLock:
         self._fd: int | None = None
 
     def acquire(self) -> DirectoryLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -11,10 +11,10 @@ import numpy as np
 from tqdm import tqdm
 
 from semsearch.datasets import fashion_mnist
-from services.embedder.client import EmbedderClient
+from semsearch.media import decode_image
 from services.embedder.export import SAMPLE_TEXTS
 from services.embedder.inprocess import InProcessEmbedder
-from services.embedder.preprocess import decode_image
+from services.gateway.embedder_client import EmbedderClient
 
 
 def precision_at_k_loo(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> float:

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from semsearch.durable import DirectoryInUse, DirectoryLock
+from semsearch.core.durable import DirectoryInUse, DirectoryLock
 from semsearch.procs import stop_process_group, tail
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def up(home: Path, repository: Path, *, shards: int, port: int | None, with_prom
     for name in (STATE_FILE, SOCKET_FILE):
         with contextlib.suppress(FileNotFoundError):
             (home / name).unlink()
-    argv = [sys.executable, "-m", "semsearch.supervisor", "--home", str(home),
+    argv = [sys.executable, "-m", "semsearch.tools.supervisor", "--home", str(home),
             "--repository", str(repository), "--shards", str(shards)]  # fmt: skip
     if port:
         argv += ["--port", str(port)]
@@ -309,8 +309,8 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from semsearch.log import setup_logging
-    from semsearch.stack import Stack
+    from semsearch.core.log import setup_logging
+    from semsearch.tools.stack import Stack
 
     parser = argparse.ArgumentParser(
         description="Supervise the local semsearch stack (started by `semsearch up`)."

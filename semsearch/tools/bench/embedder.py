@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from semsearch.datasets import fashion_mnist, fortunes
-from services.embedder.client import EmbedderClient
+from semsearch.media import decode_image
 from services.embedder.export import CPU_INSTANCES, CPU_THREADS
 from services.embedder.inprocess import InProcessEmbedder
-from services.embedder.preprocess import decode_image
+from services.gateway.embedder_client import EmbedderClient
 
 # Every timed loop stops at whichever comes first: its time budget or this many batches.
 MAX_BATCHES = 100_000

@@ -1,0 +1,187 @@
+"""`semsearch eval` and `semsearch bench`: quality and speed measurements."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from semsearch.tools.cli.common import (
+    gateway_client,
+    repository_arg,
+    repository_of,
+    table,
+    triton_arg,
+)
+
+log = logging.getLogger("semsearch")
+
+
+def cmd_eval_gateway(args: argparse.Namespace) -> int:
+    from semsearch.datasets import fashion_mnist
+    from semsearch.tools.evaluate import evaluate_gateway
+
+    train, test = len(fashion_mnist("train").labels), len(fashion_mnist("test").labels)
+    ids = [f"fmnist-train-{i}" for i in range(train)] + [f"fmnist-test-{i}" for i in range(test)]
+    if args.limit:
+        ids = ids[: args.limit]
+    query_ids = ids[-args.queries :]
+    with gateway_client(args, timeout_s=120) as client:
+        report = evaluate_gateway(client, "images", ids, query_ids)
+    rows = [(key, f"{value:.4f}" if isinstance(value, float) else value) for key, value in report.items()]
+    print(table(["metric", "value"], rows), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_eval_embedder(args: argparse.Namespace) -> int:
+    from semsearch.tools.embedder_eval import evaluate
+    from services.embedder.config import triton_url_from_env
+    from services.embedder.triton import running_triton
+
+    repository = repository_of(args)
+    with running_triton(args.triton_url or triton_url_from_env(), repository) as url:
+        report = evaluate(url, repository, limit=args.limit)
+    rows = [(key, f"{value:.4f}" if isinstance(value, float) else value) for key, value in report.items()]
+    print(table(["metric", "value"], rows), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_bench_embedder(args: argparse.Namespace) -> int:
+    from semsearch.tools.bench.embedder import bench
+    from services.embedder.config import triton_url_from_env
+    from services.embedder.triton import running_triton
+
+    repository = repository_of(args)
+    with running_triton(args.triton_url or triton_url_from_env(), repository) as url:
+        rows, summary = bench(
+            url, repository, seconds=args.seconds, rounds=args.rounds, clients=args.clients, batch=args.batch
+        )
+    print(table(["model", "engine", "setup", "items/s (median)"], rows))
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_bench_indexer(args: argparse.Namespace) -> int:
+    from semsearch.tools.bench.indexer import bench
+
+    rows, summary = bench(
+        n=args.n,
+        dim=args.dim,
+        factory=args.factory,
+        queries=args.queries,
+        seconds=args.seconds,
+        clients=args.clients,
+        nprobe=args.nprobe,
+        rerank=args.rerank,
+        recall_target=args.recall_target,
+        raw_dtype=args.raw_dtype,
+    )
+    print(table(["measurement", "value", "goal"], rows))
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_bench_gateway(args: argparse.Namespace) -> int:
+    from semsearch.tools.bench.gateway import bench
+
+    rows, summary = bench(
+        repository_of(args),
+        images=args.images,
+        texts=args.texts,
+        seconds=args.seconds,
+        clients=args.clients,
+        shards=args.shards,
+    )
+    print(table(["query", "p50 ms (1 client)", "p99 ms (1 client)", f"QPS ({args.clients} clients)"], rows))
+    print(json.dumps(summary))
+    return 0
+
+
+def register(sub) -> None:
+    """Add this group's commands to the top-level subparsers."""
+    evaluate = sub.add_parser(
+        "eval",
+        help="measure quality (default: the Fashion-MNIST collection served through the gateway)",
+        description="Without a target: search the ingested Fashion-MNIST `images` collection "
+        "through the gateway by id and compare with exact in-process search over the stored "
+        "vectors (precision@10 by label for both, recall@10 of served vs exact). Needs the "
+        "data set ingested (semsearch demo, or semsearch ingest --dataset fashion-mnist).",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the table to stderr, JSON to stdout")
+    evaluate.add_argument("--queries", type=int, default=1000, help="query items (default 1000)")
+    evaluate.add_argument("--limit", type=int, help="only the first N ingested items (partial ingests)")
+    evaluate.add_argument("--gateway", help="HOST:PORT (default $SEMSEARCH_GATEWAY or the local stack)")
+    evaluate.add_argument("--api-key")
+    evaluate.add_argument("--tls-ca", metavar="PEM", help="CA certificate of a TLS gateway")
+    evaluate.set_defaults(func=cmd_eval_gateway)
+    evsub = evaluate.add_subparsers(dest="eval_command", required=False, metavar="TARGET")
+    p = evsub.add_parser(
+        "embedder",
+        help="precision@10 of served image embeddings on Fashion-MNIST, parity with onnxruntime",
+        description="Embed the 10,000 Fashion-MNIST test images through Triton, report "
+        "leave-one-out precision@10 of exact cosine search (and the raw-pixel and random "
+        "baselines), and the max abs difference between Triton and in-process onnxruntime.",
+    )
+    p.add_argument("--json", action="store_true", help="print the table to stderr, JSON to stdout")
+    p.add_argument("--limit", type=int, default=10_000, help="number of test images (default all)")
+    repository_arg(p)
+    triton_arg(p)
+    p.set_defaults(func=cmd_eval_embedder)
+
+    bench = sub.add_parser("bench", help="measure speed against the raw engines")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="TARGET")
+    p = bsub.add_parser(
+        "embedder",
+        help="images/s and texts/s through Triton vs in-process onnxruntime",
+        description="Measure, in one run, throughput through Triton (several concurrent "
+        "clients, fixed batch) and in-process onnxruntime with the same thread budget; prints "
+        "a table and, as the last line, a JSON object with the ratios.",
+    )
+    p.add_argument("--seconds", type=float, default=5.0, help="time per measurement (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds, median kept (default 3)")
+    p.add_argument("--clients", type=int, default=4, help="concurrent Triton clients (default 4)")
+    p.add_argument("--batch", type=int, default=32, help="items per request (default 32)")
+    repository_arg(p)
+    triton_arg(p)
+    p.set_defaults(func=cmd_bench_embedder)
+
+    p = bsub.add_parser(
+        "indexer",
+        help="recall, latency and QPS of a shard vs in-process FAISS and a bare gRPC echo",
+        description="Generate N clustered vectors that mimic text embeddings, ingest them into a "
+        "real shard over gRPC, train and rebuild, then measure in one run: recall@10 vs exact "
+        "search, single-client p50 vs (in-process FAISS p50 + echo p50), 32-client QPS vs the echo "
+        "server's, and bytes per vector. Prints a table and, last, one JSON object.",
+    )
+    p.add_argument("--n", type=int, default=1_000_000, help="vectors (default 1,000,000)")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--factory", default="IVF4096,PQ48", help="FAISS factory string")
+    p.add_argument("--queries", type=int, default=1000, help="held-out queries")
+    p.add_argument("--seconds", type=float, default=5.0, help="time per latency/QPS measurement")
+    p.add_argument("--clients", type=int, default=32, help="concurrent clients for QPS")
+    p.add_argument("--nprobe", type=int, default=0, help="0: from --recall-target")
+    p.add_argument("--rerank", type=int, default=0, help="re-rank depth, 0: the collection default")
+    p.add_argument("--recall-target", type=float, default=0.95)
+    p.add_argument("--raw-dtype", choices=["float32", "float16"], default="float32")
+    p.set_defaults(func=cmd_bench_indexer)
+
+    p = bsub.add_parser(
+        "gateway",
+        help="end-to-end latency and QPS per query kind through the gateway, with floors",
+        description="Start a private local stack, load images and texts, then measure in one run: "
+        "p50/p99 with one client and QPS with many for vector, id, text and image queries "
+        "(caches off), the result-cache hit path, a bare gRPC echo, Redis GET and a shard "
+        "called directly. Prints a table and, last, one JSON object with the ratios.",
+    )
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--texts", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--shards", type=int, default=2)
+    repository_arg(p)
+    p.set_defaults(func=cmd_bench_gateway)
