@@ -25,10 +25,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from semsearch.durable import atomic_write
-from semsearch.errors import InvalidArgument, ResourceExhausted, Unavailable
+from semsearch.core.collections import CollectionConfig
+from semsearch.core.durable import atomic_write, ensure_dir
+from semsearch.core.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.indexer import index_ops, records, search_ops, snapshots
-from services.indexer.config import CollectionConfig
 from services.indexer.items import ItemTable
 from services.indexer.store import VectorStore
 from services.indexer.wal import WriteAheadLog
@@ -163,7 +163,7 @@ class Collection:
 
     def load(self) -> None:
         """Load the published snapshot, replay the log after it, and resume a pending rebuild."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.directory)
         manifest = snapshots.read_current(self.directory)
         if manifest is None:
             self.store.open(0)
