@@ -17,6 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
 
+from semsearch.core.errors import ServiceError
+
 log = logging.getLogger(__name__)
 
 # Paths every server leaves open: probes and grpcurl discovery work without an API key.
@@ -103,27 +105,14 @@ def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: s
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns domain exceptions into gRPC statuses (message included) and records per-method latency
-    and rejections, so servicer bodies contain neither. Anything unmapped is INTERNAL with a generic
-    message; the details go to the log only."""
+    """Turns domain errors (semsearch.core.errors, each naming its status code) into gRPC statuses with
+    their message, and records per-method latency and rejections, so servicer bodies contain neither.
+    Anything else is INTERNAL with a generic message; the details go to the log only."""
 
-    def __init__(
-        self,
-        codes: dict[type[BaseException], grpc.StatusCode],
-        request_seconds: Histogram,
-        rejected: Counter,
-        methods: frozenset[str],
-    ) -> None:
-        self.codes = codes
+    def __init__(self, request_seconds: Histogram, rejected: Counter, methods: frozenset[str]) -> None:
         self.request_seconds = request_seconds
         self.rejected = rejected
         self.methods = methods
-
-    def _code_for(self, exc: BaseException) -> grpc.StatusCode | None:
-        for kind, code in self.codes.items():
-            if isinstance(exc, kind):
-                return code
-        return None
 
     async def intercept_service(self, continuation, handler_call_details):
         method = _short(handler_call_details.method, self.methods)
@@ -136,12 +125,11 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception as exc:
-                code = self._code_for(exc)
-                if code is None:
+                if isinstance(exc, ServiceError) and exc.code != "INTERNAL":
+                    code, message = grpc.StatusCode[exc.code], str(exc)
+                else:
                     log.exception("%s failed", method)
                     code, message = grpc.StatusCode.INTERNAL, "internal error (the server logged the details)"
-                else:
-                    message = str(exc)
                 self.rejected.labels(method, code.name).inc()
                 await context.abort(code, message)
             finally:

@@ -7,17 +7,9 @@ import os
 from pathlib import Path
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the names in directory `path` (new, renamed, deleted files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    """Make the contents of an existing file durable."""
+def fsync_path(path: Path) -> None:
+    """fsync a file (its contents become durable) or a directory (its entries, i.e. new, renamed and
+    deleted names, become durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -36,11 +28,11 @@ def ensure_dir(path: Path) -> None:
         path.mkdir()
     except FileExistsError:
         return
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Write `data` to `path` and fsync it (the name is durable only after fsync_dir)."""
+    """Write `data` to `path` and fsync it (the name is durable only after fsync_path)."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
@@ -54,7 +46,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write_file(tmp, data)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 class DirectoryInUse(RuntimeError):

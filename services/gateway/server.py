@@ -11,14 +11,6 @@ import grpc
 import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
-from semsearch.core.errors import (
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-)
 from semsearch.rpc import (
     ApiKeyInterceptor,
     ErrorMappingInterceptor,
@@ -37,15 +29,6 @@ from services.gateway.servicer import SearchServicer
 from services.gateway.shard_client import ShardClient, ShardMisconfigured
 
 log = logging.getLogger(__name__)
-
-ERROR_CODES = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 
 
 def build_service(settings: GatewaySettings) -> GatewayService:
@@ -71,7 +54,7 @@ def build_server(settings: GatewaySettings, service: GatewayService) -> grpc.aio
     interceptors = [
         ApiKeyInterceptor(settings.api_keys, metrics.ERRORS, methods),
         InFlightLimiter(settings.max_in_flight, metrics.IN_FLIGHT, metrics.ERRORS, methods),
-        ErrorMappingInterceptor(ERROR_CODES, metrics.REQUEST_SECONDS, metrics.ERRORS, methods),
+        ErrorMappingInterceptor(metrics.REQUEST_SECONDS, metrics.ERRORS, methods),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings.max_message_bytes))
     search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(service), server)

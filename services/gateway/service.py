@@ -1,10 +1,9 @@
-"""What the gateway does, free of gRPC: a search is embed -> cache -> fan-out -> merge -> cache; a write
-is validate -> embed -> route -> write -> invalidate."""
+"""What the gateway does, free of gRPC: a search is embed -> cache -> fan-out -> merge -> cache (here);
+a write is validate -> embed -> route -> write -> invalidate (writes.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import defaultdict
@@ -20,16 +19,17 @@ from semsearch.media import InputError, normalize_text
 from services.gateway import metrics
 from services.gateway.cache import Cache, content_hash
 from services.gateway.config import GatewaySettings
-from services.gateway.domain import Query, SearchResult, UpsertInput
+from services.gateway.domain import Query, SearchResult
 from services.gateway.embedder_client import EmbedderClient, EmbedderUnavailable
 from services.gateway.fanout import Gathered, gather_shards
+from services.gateway.validation import check_vector
+from services.gateway.writes import Writes
 
 if TYPE_CHECKING:
     from services.gateway.shard_client import ShardClient
 
 log = logging.getLogger(__name__)
 
-MAX_ID_BYTES = 512
 KIND_WORDS = {"image": "image", "text": "text", "vector": "vector", "id": "stored id"}
 
 
@@ -47,19 +47,7 @@ class Timer:
         self._begin = now
 
 
-def check_vector(vector: np.ndarray, dim: int, field_name: str) -> np.ndarray:
-    """float32 [dim], finite and not all zeros."""
-    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-    if vector.shape[0] != dim:
-        raise InvalidArgument(f"expected {dim} values, got {vector.shape[0]}", field_name)
-    if not np.isfinite(vector).all():
-        raise InvalidArgument("contains NaN or Inf", field_name)
-    if not vector.any():
-        raise InvalidArgument("is all zeros", field_name)
-    return vector
-
-
-class GatewayService:
+class GatewayService(Writes):
     """Clients of Triton, Redis and the shards are injected (tests pass real ones on free ports)."""
 
     def __init__(
@@ -233,143 +221,18 @@ class GatewayService:
             cached=False,
         )
 
-    # --- writes -------------------------------------------------------------------------------
-
-    async def upsert(
-        self, collection: str, items: Sequence[UpsertInput], timeout_s: float
-    ) -> list[str | None]:
-        """validate -> embed -> route -> write -> invalidate. Returns one error per item (None: durable on
-        its shard, and no cached result from before the write is reachable)."""
-        config = self.config(collection)
-        if not items:
-            raise InvalidArgument("no items", "items")
-        if len(items) > self.settings.max_batch:
-            raise InvalidArgument(
-                f"{len(items)} items, more than the limit of {self.settings.max_batch}", "items"
-            )
-        deadline = time.monotonic() + timeout_s
-        errors: list[str | None] = [
-            self._item_error(collection, config, i, item) for i, item in enumerate(items)
-        ]
-        seen: set[str] = set()
-        for i, item in enumerate(items):
-            if errors[i] is None and item.id in seen:
-                errors[i] = f"items[{i}].id: duplicate id {item.id!r} in one request"
-            seen.add(item.id)
-        vectors = await self._item_vectors(items, errors, config.dim)
-        by_shard: dict[int, list[int]] = defaultdict(list)
-        for i, item in enumerate(items):
-            if errors[i] is None:
-                by_shard[shard_for(item.id, len(self.shards))].append(i)
-
-        async def write(shard: int, members: list[int]) -> None:
-            try:
-                await self.shards[shard].upsert(
-                    collection,
-                    [items[i].id for i in members],
-                    vectors[members],
-                    [dict(items[i].metadata) for i in members],
-                    max(deadline - time.monotonic(), 0.001),
-                )
-            except ServiceError as exc:
-                for i in members:
-                    errors[i] = f"items[{i}]: {exc}"
-
-        written = [i for members in by_shard.values() for i in members]
-        try:
-            await asyncio.gather(*(write(s, m) for s, m in by_shard.items()))
-        finally:
-            # Also after a failure, a timeout or a cancelled stream: a write may have landed anyway.
-            if written:
-                await self._invalidate(collection, written, errors)
-        ok = sum(e is None for e in errors)
-        metrics.ITEMS.labels("ok").inc(ok)
-        metrics.ITEMS.labels("failed").inc(len(errors) - ok)
-        return errors
-
-    def _item_error(self, collection: str, config, i: int, item: UpsertInput) -> str | None:
-        """Why item i cannot be written, in the public API's terms (None: fine so far)."""
-        if not item.id or len(item.id.encode("utf-8")) > MAX_ID_BYTES:
-            return f"items[{i}].id: must be 1..{MAX_ID_BYTES} bytes"
-        kind = item.kind
-        if kind is None:
-            return f"items[{i}]: needs an image, a text or a vector"
-        kinds = [k for k in config.accepted_kinds if k != "id"]
-        if kind not in kinds:
-            return (
-                f"items[{i}].{kind}: collection {collection!r} takes {' or '.join(kinds)} items, not {kind}s"
-            )
-        if kind == "vector":
-            try:
-                check_vector(item.vector, config.dim, f"items[{i}].vector")
-            except InvalidArgument as exc:
-                return str(exc)
-        encoded = json.dumps(dict(item.metadata), ensure_ascii=False, separators=(",", ":")).encode()
-        if item.metadata and len(encoded) > config.max_metadata_bytes:
-            return f"items[{i}].metadata: {len(encoded)} bytes, more than {config.max_metadata_bytes}"
-        return None
-
-    async def _item_vectors(
-        self, items: Sequence[UpsertInput], errors: list[str | None], dim: int
-    ) -> np.ndarray:
-        """[n, dim] vectors of the items without an error; images and texts embedded in batches (a bad
-        one gets its own error)."""
-        vectors = np.zeros((len(items), dim), dtype=np.float32)
-        by_kind: dict[str, list[int]] = defaultdict(list)
-        for i, item in enumerate(items):
-            if errors[i] is None:
-                by_kind[item.kind].append(i)
-        for i in by_kind.pop("vector", []):
-            vectors[i] = np.asarray(items[i].vector, dtype=np.float32).reshape(-1)
-        for kind, members in by_kind.items():
-            try:
-                if kind == "image":
-                    result = await self.embedder.embed_images([items[i].image for i in members])
-                else:
-                    result = await self.embedder.embed_texts([items[i].text for i in members])
-            except EmbedderUnavailable as exc:
-                for i in members:
-                    errors[i] = f"items[{i}].{kind}: embedder unavailable ({exc}); retry"
-                continue
-            for j, i in enumerate(members):
-                if result.errors[j]:
-                    errors[i] = f"items[{i}].{kind}: {result.errors[j]}"
-                else:
-                    vectors[i] = result.vectors[j]
-        return vectors
-
-    async def _invalidate(self, collection: str, written: list[int], errors: list[str | None]) -> None:
-        """Bump the collection's result-cache epoch before acknowledging; shielded, so a cancelled
-        stream still finishes it. If Redis does not confirm, the written items are reported failed."""
-        try:
-            await asyncio.shield(self.cache.invalidate([collection]))
-        except Unavailable as exc:
-            for i in written:
-                if errors[i] is None:
-                    errors[i] = f"items[{i}]: {exc}"
-
-    async def delete(self, collection: str, ids: Sequence[str], timeout_s: float) -> tuple[int, list[str]]:
-        self.config(collection)
-        if not ids:
-            raise InvalidArgument("no ids", "ids")
+    def _by_shard(self, ids: Sequence[str]) -> dict[int, list[str]]:
+        """Distinct ids grouped by the shard that owns them."""
         by_shard: dict[int, list[str]] = defaultdict(list)
         for item_id in dict.fromkeys(ids):
             by_shard[shard_for(item_id, len(self.shards))].append(item_id)
-        try:
-            results = await asyncio.gather(
-                *(self.shards[s].delete(collection, members, timeout_s) for s, members in by_shard.items())
-            )
-        finally:
-            await asyncio.shield(self.cache.invalidate([collection]))
-        return sum(r[0] for r in results), [m for r in results for m in r[1]]
+        return by_shard
 
     async def get(self, collection: str, ids: Sequence[str], include_vectors: bool, timeout_s: float):
         self.config(collection)
         if not ids:
             raise InvalidArgument("no ids", "ids")
-        by_shard: dict[int, list[str]] = defaultdict(list)
-        for item_id in dict.fromkeys(ids):
-            by_shard[shard_for(item_id, len(self.shards))].append(item_id)
+        by_shard = self._by_shard(ids)
         results = await asyncio.gather(
             *(self.shards[s].get(collection, m, include_vectors, timeout_s) for s, m in by_shard.items())
         )

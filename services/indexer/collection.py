@@ -12,12 +12,10 @@ Lock order (never taken the other way round): maintenance -> snapshot -> append 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +24,11 @@ import faiss
 import numpy as np
 
 from semsearch.core.collections import CollectionConfig
-from semsearch.core.durable import atomic_write, ensure_dir
+from semsearch.core.durable import ensure_dir
 from semsearch.core.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.indexer import index_ops, records, search_ops, snapshots
 from services.indexer.items import ItemTable
+from services.indexer.rebuild import Rebuilds
 from services.indexer.store import VectorStore
 from services.indexer.wal import WriteAheadLog
 
@@ -37,14 +36,6 @@ log = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_ID_BYTES = 512
-REBUILD_CHUNK = 65_536
-# The recall table is re-measured on the rebuilt slice with this many stored vectors as queries.
-TABLE_QUERIES = 200
-TABLE_MIN_VECTORS = 5_000
-# Dead rows (replaced or deleted items) are compacted away once they are this share of all rows and at
-# least COMPACT_MIN_DEAD: disk and memory then stay within 1/(1-share) = 1.33x of the live data.
-COMPACT_DEAD_SHARE = 0.25
-COMPACT_MIN_DEAD = 1_000
 
 
 @dataclass
@@ -85,7 +76,7 @@ def safe_normalize(vectors: np.ndarray) -> np.ndarray:
     return (scaled / norms).astype(np.float32)
 
 
-class Collection:
+class Collection(Rebuilds):
     def __init__(
         self,
         config: CollectionConfig,
@@ -150,10 +141,6 @@ class Collection:
     def data_version(self) -> int:
         """Changes on every acknowledged write and every index swap (cache keys use it)."""
         return self.lsn + self.generation
-
-    @property
-    def rebuilding(self) -> bool:
-        return self._rebuild_thread is not None and self._rebuild_thread.is_alive()
 
     def _new_store(self, epoch: int) -> VectorStore:
         return VectorStore(self.directory / f"vectors-{epoch:06d}.{self.config.raw_dtype}", self.config.dim,
@@ -462,183 +449,6 @@ class Collection:
             self._rebuild_thread.join()
         self.wal.close()
         self.store.close()
-
-    # --- rebuilds and compaction ------------------------------------------------------------------
-
-    @property
-    def _template_file(self) -> Path:
-        return self.directory / "template.faiss"
-
-    def install_template(self, data: bytes, factory: str, table: list[tuple[int, float]]) -> int:
-        """Keep a trained template (durably) and rebuild from it in the background; returns the next
-        generation. A rebuild that fails is retried by maintenance(), also after a restart."""
-        try:
-            template = index_ops.deserialize(data)
-        except Exception as exc:
-            raise InvalidArgument(f"not a FAISS index: {exc}", "index") from exc
-        if template.d != self.config.dim:
-            raise InvalidArgument(
-                f"template has dimension {template.d}, collection {self.config.dim}", "index"
-            )
-        if not template.is_trained or template.ntotal != 0:
-            raise InvalidArgument("template must be trained and empty", "index")
-        if template.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise InvalidArgument("template must use the inner-product metric", "index")
-        if not table:
-            raise InvalidArgument("empty", "nprobe_table")
-        with self._apply:
-            atomic_write(self._template_file, data)
-            meta = {"factory": factory, "table": table, "id": hashlib.sha256(data).hexdigest()[:16]}
-            atomic_write(self.directory / "template.json", json.dumps(meta).encode())
-            self.rebuild_failures = 0
-            self._next_rebuild_at = 0.0
-            if not self.rebuilding:  # else maintenance() starts it when the running one ends
-                self._start_rebuild()
-            return self.generation + 1
-
-    def _installed_template(self) -> dict | None:
-        path = self.directory / "template.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-    @property
-    def installed_template_id(self) -> str:
-        """Id of the installed template (serving or still being built), "" before training."""
-        meta = self._installed_template()
-        return meta["id"] if meta else ""
-
-    def _pending_template(self) -> dict | None:
-        """The installed template's settings when the serving index is not built from it yet."""
-        meta = self._installed_template()
-        return meta if meta is not None and meta["id"] != self.template_id else None
-
-    def _start_rebuild(self) -> None:
-        self.rebuild_progress = 0.0
-        self._rebuild_thread = threading.Thread(
-            target=self._rebuild, name=f"rebuild-{self.name}", daemon=True
-        )
-        self._rebuild_thread.start()
-
-    def needs_compaction(self) -> bool:
-        dead = self.items.dead
-        return dead >= COMPACT_MIN_DEAD and dead >= COMPACT_DEAD_SHARE * self.items.rows
-
-    def maintenance(self) -> None:
-        """Start a due rebuild (a pending template, with back-off after failures) or compaction."""
-        if self.rebuilding or self.broken or time.monotonic() < self._next_rebuild_at:
-            return
-        if self._pending_template() is not None or self.needs_compaction():
-            with self._apply:
-                if not self.rebuilding:
-                    self._start_rebuild()
-
-    def compact(self) -> None:
-        """Rebuild now in the calling thread (tests and tools)."""
-        self._rebuild()
-
-    def _rebuild(self) -> None:
-        begin = time.perf_counter()
-        try:
-            with self._maintenance_lock:
-                self._rebuild_locked()
-            self.rebuild_failures = 0
-            self.last_rebuild_seconds = time.perf_counter() - begin
-        except Exception:
-            self.rebuild_failures += 1
-            delay = min(600.0, 10.0 * 2 ** (self.rebuild_failures - 1))
-            self._next_rebuild_at = time.monotonic() + delay
-            log.exception("collection %s: rebuild failed (%d in a row); the previous index keeps serving, "
-                          "retry in %.0fs", self.name, self.rebuild_failures, delay)  # fmt: skip
-        finally:
-            self.rebuild_progress = 0.0
-
-    def _rebuild_locked(self) -> None:
-        """Write the live rows into a new vector file (dropping dead rows), fill a new index (from the
-        installed template, if any) and swap both in; searches go on against the old ones meanwhile."""
-        template = self._installed_template()
-        if template is not None:
-            template_data, factory, table = (
-                self._template_file.read_bytes(),
-                template["factory"],
-                template["table"],
-            )
-        else:
-            template_data, factory, table = None, "", []
-        with self._apply:
-            rows = self.items.rows
-            live = np.nonzero(self.items.alive(rows))[0]
-        epoch = self.epoch + 1
-        store = self._new_store(epoch)
-        store.path.unlink(missing_ok=True)
-        store.open(0)
-        index = index_ops.deserialize(template_data) if template_data is not None else None
-        log.info("collection %s: rebuilding %s over %d live of %d rows", self.name, factory or "exact",
-                 len(live),
-                 rows)  # fmt: skip
-        store.reserve(len(live), exact=True)
-        for start in range(0, len(live), REBUILD_CHUNK):
-            chunk = self.store.get(live[start : start + REBUILD_CHUNK])
-            first = store.append(chunk)
-            if index is not None:
-                index.add_with_ids(chunk, np.arange(first, first + len(chunk), dtype=np.int64))
-            self.rebuild_progress = 0.9 * min(start + REBUILD_CHUNK, len(live)) / max(len(live), 1)
-        if index is not None:
-            table = self._measure_table(index, store, len(live)) or table
-        with self._snapshot_lock:
-            with self._apply:
-                # Rows written during the rebuild are copied now; rows copied earlier that died since
-                # stay dead in the new table.
-                tail = np.arange(rows, self.items.rows)
-                tail = tail[self.items.alive()[rows:]]
-                if len(tail):
-                    store.reserve(len(tail))
-                    chunk = self.store.get(tail)
-                    first = store.append(chunk)
-                    if index is not None:
-                        index.add_with_ids(chunk, np.arange(first, first + len(chunk), dtype=np.int64))
-                items = self.items.remapped(np.concatenate([live, tail]))
-                old_store = self.store
-                with self._index_lock:
-                    self.store, self.items, self.index, self.epoch = store, items, index, epoch
-                    if index is not None:
-                        self._set_index_settings(factory, table, len(template_data))
-                        self.template_id = template["id"]
-                    self.generation += 1
-            log.info("collection %s: generation %d (%s, %d rows, default nprobe %d) swapped in", self.name,
-                     self.generation, self.index_name, items.rows, self.default_nprobe)  # fmt: skip
-            self._snapshot_locked()
-        old_store.path.unlink(missing_ok=True)  # searches still holding it keep their mapping
-
-    def _measure_table(self, index: faiss.Index, store: VectorStore, rows: int, k: int = 10):
-        """recall@k per nprobe of a rebuilt index over its whole slice, with the default re-rank depth,
-        against exact search over the raw vectors; the queries are stored vectors (each left out of its
-        own results). The coordinator's table comes from a training sample, which is denser per list
-        than the full collection and so optimistic. Empty for small slices."""
-        if rows < TABLE_MIN_VECTORS:
-            return []
-        rng = np.random.default_rng(self.generation + 1)
-        slots = np.sort(rng.choice(rows, size=TABLE_QUERIES, replace=False))
-        queries = store.get(slots)
-        everything = np.ones(rows, dtype=bool)
-        _, truth = search_ops.exact_topk(queries, lambda s, e: store.get(np.arange(s, e)), rows, everything,
-                                         k + 1,
-                                         self.search_budget_bytes)  # fmt: skip
-        truth = np.array([[s for s in row if s != q][:k] for row, q in zip(truth, slots)])
-        depth = self.config.rerank_depth(k)
-        table = []
-        packed = search_ops.bitmap(everything)
-        for nprobe in index_ops.NPROBE_CANDIDATES:
-            if nprobe > index_ops.nlist(index):
-                break
-            _, candidates = index.search(
-                queries, depth + 1, params=search_ops.search_params(index, packed, nprobe)
-            )
-            _, found = search_ops.rerank(queries, candidates, store.get, k + 1, self.search_budget_bytes)
-            found = np.array([[s for s in row if s != q][:k] for row, q in zip(found, slots)])
-            table.append((nprobe, search_ops.recall_at_k(found, truth, k)))
-            if table[-1][1] >= 0.999:
-                break
-        log.info("collection %s: nprobe -> recall@%d on this slice: %s", self.name, k, table)
-        return table
 
     # --- sizes --------------------------------------------------------------------------------
 

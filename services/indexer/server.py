@@ -9,13 +9,6 @@ import grpc
 from prometheus_client import start_http_server
 
 from semsearch.core.durable import DirectoryLock
-from semsearch.core.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-)
 from semsearch.rpc import ErrorMappingInterceptor, method_names, serve, server_options
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import metrics
@@ -25,20 +18,11 @@ from services.indexer.shard import Shard
 
 log = logging.getLogger(__name__)
 
-ERROR_CODES = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-
 
 def build_server(settings: ShardSettings, shard: Shard) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=[
             ErrorMappingInterceptor(
-                ERROR_CODES,
                 metrics.REQUEST_SECONDS,
                 metrics.REJECTED,
                 method_names([indexer_pb2.DESCRIPTOR.services_by_name["Indexer"]]),

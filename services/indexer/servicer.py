@@ -54,6 +54,12 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
                 "or stale"
             )
 
+    def _routed(self, request):
+        """The collection of a routed request, checked for readiness and route."""
+        collection = self._ready_collection(request.collection)
+        self._check_route(request)
+        return collection
+
     def _check_size(self, n: int, field: str) -> None:
         if n > self.settings.max_request_items:
             raise InvalidArgument(
@@ -63,8 +69,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     async def Upsert(
         self, request: indexer_pb2.ShardUpsertRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.WriteResponse:
-        collection = self._ready_collection(request.collection)
-        self._check_route(request)
+        collection = self._routed(request)
         self._check_size(len(request.items), "items")
         if not request.items:
             raise InvalidArgument("no items", "items")
@@ -98,8 +103,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     async def Delete(
         self, request: indexer_pb2.ShardDeleteRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.WriteResponse:
-        collection = self._ready_collection(request.collection)
-        self._check_route(request)
+        collection = self._routed(request)
         self._check_size(len(request.ids), "ids")
         count, missing, lsn, version = await self._blocking(collection.delete, list(request.ids))
         metrics.WRITES.labels(collection.name, "delete").inc(count)
@@ -108,8 +112,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     async def Search(
         self, request: indexer_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.ShardSearchResponse:
-        collection = self._ready_collection(request.collection)
-        self._check_route(request)
+        collection = self._routed(request)
         self._check_size(len(request.queries), "queries")
         self._check_size(len(request.exclude_ids), "exclude_ids")
         k = request.k or DEFAULT_K
@@ -156,8 +159,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     async def Get(
         self, request: indexer_pb2.ShardGetRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.ShardGetResponse:
-        collection = self._ready_collection(request.collection)
-        self._check_route(request)
+        collection = self._routed(request)
         self._check_size(len(request.ids), "ids")
         if not request.ids:
             raise InvalidArgument("no ids", "ids")

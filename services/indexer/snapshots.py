@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from semsearch.core.durable import atomic_write, fsync_dir, write_file
+from semsearch.core.durable import atomic_write, fsync_path, write_file
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def publish(
         if index_bytes is not None:
             write_file(tmp / "index.faiss", index_bytes)
         write_file(tmp / "manifest.json", json.dumps(manifest).encode())
-        fsync_dir(tmp)
+        fsync_path(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # e.g. a full disk: give the space back at once
         raise
@@ -61,7 +61,7 @@ def publish(
     # never published (CURRENT names another), so it is replaced.
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    fsync_dir(directory)
+    fsync_path(directory)
     atomic_write(directory / CURRENT, name.encode())
     remove_unpublished(directory, keep=name)
     return name

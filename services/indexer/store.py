@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from semsearch.core.durable import fsync_path
+
 GROWTH_ROWS = 4_096
 
 
@@ -103,11 +105,7 @@ class VectorStore:
         """Make every stored row durable (before a snapshot that counts them)."""
         if isinstance(self._map, np.memmap):
             self._map.flush()
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(self.path)
 
     @property
     def nbytes(self) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from semsearch.core.durable import fsync_dir
+from semsearch.core.durable import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class WriteAheadLog:
             if not self._dir.exists():
                 self._dir.mkdir(parents=True)
                 if self._fsync:
-                    fsync_dir(self._dir.parent)
+                    fsync_path(self._dir.parent)
             segments = self._list_segments()
             last_lsn = segments[0].first_lsn - 1 if segments else 0
             for i, seg in enumerate(segments):
@@ -284,7 +284,7 @@ class WriteAheadLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
         self._segments.append(_Segment(first, path, 0))
         if self._fsync:
-            fsync_dir(self._dir)
+            fsync_path(self._dir)
 
     def _segment_for_write(self) -> _Segment:
         """The segment the next batch goes to, rotating first if the current one is full."""
@@ -312,7 +312,7 @@ class WriteAheadLog:
         self._segments.append(seg)
         if self._fsync:
             # Without this a crash can lose the new file's name along with records already acknowledged.
-            fsync_dir(self._dir)
+            fsync_path(self._dir)
         log.debug("write-ahead log %s: new segment %s", self._dir, path.name)
         return seg
 
@@ -417,7 +417,7 @@ class WriteAheadLog:
                     seg.path.unlink()
                     doomed += 1
                     if self._fsync:
-                        fsync_dir(self._dir)
+                        fsync_path(self._dir)
             finally:
                 del self._segments[:doomed]
             if doomed:
@@ -463,7 +463,7 @@ def repair(directory: Path, truncate_after: int) -> str:
         if keep < size:
             os.truncate(path, keep)
             removed_bytes += size - keep
-    fsync_dir(directory)
+    fsync_path(directory)
     summary = (
         f"write-ahead log {directory}: removed {removed_bytes} bytes after LSN {truncate_after} "
         f"({removed_segments} whole segments)"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,8 +16,8 @@ import redis
 
 from semsearch.client import Item, SemsearchClient
 from semsearch.datasets import fashion_mnist, fortunes
-from semsearch.procs import ManagedProcess, free_port, port_open
-from semsearch.tools.echo import METHOD as ECHO_METHOD
+from semsearch.procs import ManagedProcess
+from semsearch.tools import echo as echo_server
 from semsearch.tools.stack import Stack
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc, search_pb2
 
@@ -121,13 +120,11 @@ def bench(
 
         # Floors: echo with the same response size, Redis GET of a similar payload, a shard directly.
         response_bytes = client.stub.Search(cached_request).SerializeToString()
-        (work / "echo.bin").write_bytes(response_bytes)
-        port = free_port()
-        argv = [sys.executable, "-m", "semsearch.tools.echo", str(port), str(work / "echo.bin")]
-        echo = ManagedProcess("echo", argv, log_path=work / "echo.log")
-        echo.start(lambda: port_open("127.0.0.1", port), 60)
-        echo_channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        echo_call = echo_channel.unary_unary(ECHO_METHOD, request_serializer=None, response_deserializer=None)
+        echo, echo_address = echo_server.start(work, response_bytes)
+        echo_channel = grpc.insecure_channel(echo_address)
+        echo_call = echo_channel.unary_unary(
+            echo_server.METHOD, request_serializer=None, response_deserializer=None
+        )
         request_bytes = cached_request.SerializeToString()
         r = redis.Redis.from_url(stack.redis_url)
         r.set("bench:payload", response_bytes)
@@ -158,7 +155,7 @@ def bench(
             _concurrent(stack.gateway_address, SEARCH_METHOD, [request_bytes], clients, seconds)
         )
         qps["echo"] = asyncio.run(
-            _concurrent(f"127.0.0.1:{port}", ECHO_METHOD, [request_bytes], clients, seconds)
+            _concurrent(echo_address, echo_server.METHOD, [request_bytes], clients, seconds)
         )
         shard_bytes = [s.SerializeToString() for s in shard_requests]
         qps["shard_direct"] = asyncio.run(

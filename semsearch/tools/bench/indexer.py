@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,8 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from semsearch.core.collections import CollectionConfig
-from semsearch.procs import ManagedProcess, free_port, port_open
-from semsearch.rpc import server_options
+from semsearch.procs import ManagedProcess
+from semsearch.tools import echo as echo_server
 from semsearch.tools.launch import ShardProcess
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
 from services.indexer import search_ops
@@ -50,8 +49,6 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
 SHARD_SEARCH = "/semsearch.v1.Indexer/Search"
-ECHO_SERVICE = "semsearch.bench.Echo"
-ECHO_SEARCH = f"/{ECHO_SERVICE}/Search"
 GOAL_P50_RATIO = 1.25
 GOAL_QPS_RATIO = 0.7
 GOAL_BYTES_RATIO = 1.3
@@ -164,52 +161,6 @@ def _rss_anon_mb(pid: int | None) -> float | None:
     except (OSError, ValueError):
         pass
     return None
-
-
-# --- echo server (the bare gRPC floor) --------------------------------------------------------
-
-
-def serve_echo(port: int, response_path: Path) -> None:
-    """Serve /semsearch.bench.Echo/Search on 127.0.0.1:port: parse the ShardSearchRequest, answer the
-    ShardSearchResponse stored in response_path. Blocks until the process is terminated."""
-    response = indexer_pb2.ShardSearchResponse.FromString(Path(response_path).read_bytes())
-
-    async def search(request: indexer_pb2.ShardSearchRequest, context) -> indexer_pb2.ShardSearchResponse:
-        return response
-
-    async def main() -> None:
-        server = grpc.aio.server(options=server_options(MAX_MESSAGE_BYTES))
-        handler = grpc.method_handlers_generic_handler(
-            ECHO_SERVICE,
-            {
-                "Search": grpc.unary_unary_rpc_method_handler(
-                    search,
-                    request_deserializer=indexer_pb2.ShardSearchRequest.FromString,
-                    response_serializer=indexer_pb2.ShardSearchResponse.SerializeToString,
-                )
-            },
-        )
-        server.add_generic_rpc_handlers((handler,))
-        if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-            raise RuntimeError(f"cannot bind 127.0.0.1:{port}")
-        await server.start()
-        await server.wait_for_termination()
-
-    asyncio.run(main())
-
-
-def _start_echo(response: indexer_pb2.ShardSearchResponse, directory: Path) -> tuple[ManagedProcess, str]:
-    """The echo server in its own process (it must not share the client's GIL)."""
-    path = directory / "echo_response.bin"
-    path.write_bytes(response.SerializeToString())
-    port = free_port()
-    process = ManagedProcess(
-        "bench echo server",
-        [sys.executable, "-m", "semsearch.tools.bench.indexer", "echo", str(port), str(path)],
-        log_path=directory / "echo.log",
-    )
-    process.start(lambda: port_open("127.0.0.1", port), timeout=60)
-    return process, f"127.0.0.1:{port}"
 
 
 # --- timed loops ------------------------------------------------------------------------------
@@ -446,10 +397,11 @@ def bench(
             )
             for i in range(queries)
         ]
-        echo, echo_address = _start_echo(stub.Search(single[0], timeout=RPC_TIMEOUT_S), root)
+        echo_response = stub.Search(single[0], timeout=RPC_TIMEOUT_S).SerializeToString()
+        echo, echo_address = echo_server.start(root, echo_response, parse_shard_search=True)
         echo_channel = grpc.insecure_channel(echo_address, options=CHANNEL_OPTIONS)
         echo_call = echo_channel.unary_unary(
-            ECHO_SEARCH,
+            echo_server.METHOD,
             request_serializer=indexer_pb2.ShardSearchRequest.SerializeToString,
             response_deserializer=indexer_pb2.ShardSearchResponse.FromString,
         )
@@ -467,7 +419,7 @@ def bench(
         log.info("throughput: %d clients, shard and echo (%.1fs each)", clients, seconds)
         serialized = [r.SerializeToString() for r in single]
         rates = _throughput(
-            {"shard": (shard.address, SHARD_SEARCH), "echo": (echo_address, ECHO_SEARCH)},
+            {"shard": (shard.address, SHARD_SEARCH), "echo": (echo_address, echo_server.METHOD)},
             serialized,
             clients,
             seconds,
@@ -594,10 +546,3 @@ def bench(
         ),
     ]
     return rows, summary
-
-
-if __name__ == "__main__":
-    # `python -m semsearch.tools.bench.indexer echo PORT RESPONSE_FILE`: the echo server process.
-    if len(sys.argv) != 4 or sys.argv[1] != "echo":
-        raise SystemExit("usage: python -m semsearch.tools.bench.indexer echo PORT RESPONSE_FILE")
-    serve_echo(int(sys.argv[2]), Path(sys.argv[3]))

@@ -18,6 +18,14 @@ from semsearch.tools.cli.common import (
 log = logging.getLogger("semsearch")
 
 
+def print_report(report: dict, *, as_json: bool) -> None:
+    """A metric/value table (to stderr with --json) and, with --json, the report as the last line."""
+    rows = [(key, f"{value:.4f}" if isinstance(value, float) else value) for key, value in report.items()]
+    print(table(["metric", "value"], rows), file=sys.stderr if as_json else sys.stdout)
+    if as_json:
+        print(json.dumps(report))
+
+
 def cmd_eval_gateway(args: argparse.Namespace) -> int:
     from semsearch.datasets import fashion_mnist
     from semsearch.tools.evaluate import evaluate_gateway
@@ -29,10 +37,7 @@ def cmd_eval_gateway(args: argparse.Namespace) -> int:
     query_ids = ids[-args.queries :]
     with gateway_client(args, timeout_s=120) as client:
         report = evaluate_gateway(client, "images", ids, query_ids)
-    rows = [(key, f"{value:.4f}" if isinstance(value, float) else value) for key, value in report.items()]
-    print(table(["metric", "value"], rows), file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(report))
+    print_report(report, as_json=args.json)
     return 0
 
 
@@ -44,10 +49,7 @@ def cmd_eval_embedder(args: argparse.Namespace) -> int:
     repository = repository_of(args)
     with running_triton(args.triton_url or triton_url_from_env(), repository) as url:
         report = evaluate(url, repository, limit=args.limit)
-    rows = [(key, f"{value:.4f}" if isinstance(value, float) else value) for key, value in report.items()]
-    print(table(["metric", "value"], rows), file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(report))
+    print_report(report, as_json=args.json)
     return 0
 
 

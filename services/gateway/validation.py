@@ -1,0 +1,21 @@
+"""Checks of public request fields that every path shares."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from semsearch.core.errors import InvalidArgument
+
+MAX_ID_BYTES = 512
+
+
+def check_vector(vector: np.ndarray, dim: int, field_name: str) -> np.ndarray:
+    """float32 [dim], finite and not all zeros."""
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vector.shape[0] != dim:
+        raise InvalidArgument(f"expected {dim} values, got {vector.shape[0]}", field_name)
+    if not np.isfinite(vector).all():
+        raise InvalidArgument("contains NaN or Inf", field_name)
+    if not vector.any():
+        raise InvalidArgument("is all zeros", field_name)
+    return vector
