@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from semsearch.v1 import search_pb2, search_pb2_grpc
+from semsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 
 # Reads are retried on UNAVAILABLE (a gateway restarting, a shard below the requested coverage for a
 # moment) with exponential back-off, about 3 s in all; writes are not (the caller decides).
@@ -44,9 +44,11 @@ class Item:
     text: str | None = None
     vector: Sequence[float] | None = None
     metadata: dict[str, str] | None = None
+    # Kept with the item (at most 64 KB); by default a thumbnail of an image or the start of a text.
+    payload: bytes | None = None
 
     def message(self) -> search_pb2.UpsertItem:
-        item = search_pb2.UpsertItem(id=self.id, metadata=self.metadata or {})
+        item = search_pb2.UpsertItem(id=self.id, metadata=self.metadata or {}, payload=self.payload or b"")
         if self.image is not None:
             item.image = self.image
         elif self.text is not None:
@@ -105,10 +107,16 @@ class SemsearchClient:
         nprobe: int = 0,
         min_coverage: float | None = None,
         no_cache: bool = False,
+        include_payloads: bool = False,
         timeout_s: float | None = None,
     ) -> search_pb2.SearchResponse:
         request = search_pb2.SearchRequest(
-            collection=collection, k=k, recall_target=recall_target, nprobe=nprobe, no_cache=no_cache
+            collection=collection,
+            k=k,
+            recall_target=recall_target,
+            nprobe=nprobe,
+            no_cache=no_cache,
+            include_payloads=include_payloads,
         )
         if min_coverage is not None:
             request.min_coverage = min_coverage
@@ -144,9 +152,18 @@ class SemsearchClient:
         )
 
     def get(
-        self, collection: str, ids: Sequence[str], include_vectors: bool = False
+        self,
+        collection: str,
+        ids: Sequence[str],
+        include_vectors: bool = False,
+        include_payloads: bool = False,
     ) -> search_pb2.GetResponse:
-        request = search_pb2.GetRequest(collection=collection, ids=list(ids), include_vectors=include_vectors)
+        request = search_pb2.GetRequest(
+            collection=collection,
+            ids=list(ids),
+            include_vectors=include_vectors,
+            include_payloads=include_payloads,
+        )
         return self.stub.Get(request, timeout=self.timeout_s, metadata=self.metadata)
 
     def collections(self) -> list[search_pb2.CollectionInfo]:
@@ -154,3 +171,62 @@ class SemsearchClient:
             search_pb2.ListCollectionsRequest(), timeout=self.timeout_s, metadata=self.metadata
         )
         return list(response.collections)
+
+    def create_collection(
+        self,
+        name: str,
+        *,
+        dim: int = 0,
+        metric: str = "cosine",
+        model: str = "",
+        index: str = "ivf_pq",
+        exact_until: int = 0,
+        factory: str = "",
+        raw_dtype: str = "",
+        recall_target: float = 0.0,
+        fields: dict[str, str] | Sequence[tuple[str, str]] | None = None,
+        thumbnails: bool | None = None,
+    ) -> search_pb2.CollectionInfo:
+        """Create a collection (the same settings again is a no-op; other settings: ALREADY_EXISTS).
+        metric: cosine | inner_product | l2; model: "" (vectors only), "efficientnet_lite0" (images) or
+        "minilm_l6" (texts), dim 0 = the model's; index: ivf_pq | hnsw | exact; fields: indexed metadata
+        fields and their types (string | number), as a dict or (name, type) pairs."""
+        spec = common_pb2.CollectionSpec(
+            name=name,
+            dim=dim,
+            metric=_enum(common_pb2.Metric, metric),
+            model=model,
+            index=common_pb2.IndexSpec(
+                kind=_enum(common_pb2.IndexKind, index), exact_until=exact_until, factory=factory
+            ),
+            raw_dtype=raw_dtype,
+            recall_target=recall_target,
+            fields=[
+                common_pb2.FieldSpec(name=n, type=_enum(common_pb2.FieldType, t))
+                for n, t in (fields.items() if isinstance(fields, dict) else fields or ())
+            ],
+        )
+        if thumbnails is not None:
+            spec.thumbnails = thumbnails
+        request = search_pb2.CreateCollectionRequest(spec=spec)
+        return self.stub.CreateCollection(request, timeout=self.timeout_s * 2, metadata=self.metadata)
+
+    def drop_collection(self, name: str) -> None:
+        """Drop a collection and its data on every shard."""
+        request = search_pb2.DropCollectionRequest(name=name)
+        self.stub.DropCollection(request, timeout=self.timeout_s * 4, metadata=self.metadata)
+
+    def describe_collection(self, name: str) -> search_pb2.CollectionInfo:
+        request = search_pb2.DescribeCollectionRequest(name=name)
+        return self.stub.DescribeCollection(request, timeout=self.timeout_s, metadata=self.metadata)
+
+
+def _enum(enum, name: str) -> int:
+    """A proto enum value from a readable name ("l2", "inner_product", "hnsw", "string")."""
+    try:
+        return enum.Value(name.upper())
+    except ValueError:
+        names = ", ".join(
+            v.name.lower() for v in enum.DESCRIPTOR.values if not v.name.endswith("UNSPECIFIED")
+        )
+        raise ValueError(f"{name!r}: one of {names}") from None

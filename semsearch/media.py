@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import unicodedata
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -16,6 +18,7 @@ MAX_IMAGE_BYTES = 32 * 1024 * 1024
 # small file that claims far more than that.
 MAX_IMAGE_PIXELS = 64_000_000
 MAX_TEXT_CHARS = 20_000
+THUMBNAIL_SIZE = 128
 
 
 class InputError(ValueError):
@@ -30,6 +33,24 @@ def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     transform the network was trained for). JPEGs are decoded at a reduced scale when they are much
     larger than needed (draft mode), which is several times faster than a full decode.
     """
+    with _opened(data, size) as image:
+        return np.asarray(_resize_center_crop(image, size), dtype=np.uint8)
+
+
+def thumbnail(data: bytes, size: int = THUMBNAIL_SIZE, quality: int = 80) -> bytes:
+    """A small WebP of the image, aspect kept, longest side `size` pixels (a few KB): what result grids
+    show without the original."""
+    with _opened(data, size) as image:
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        image.save(out, format="WEBP", quality=quality, method=4)
+        return out.getvalue()
+
+
+@contextlib.contextmanager
+def _opened(data: bytes, size: int) -> Iterator[Image.Image]:
+    """The image as RGB, upright, checked against the size limits, decoded at a reduced scale when a
+    JPEG is much larger than `size`; decoding errors become InputError."""
     if not data:
         raise InputError("image is empty")
     if len(data) > MAX_IMAGE_BYTES:
@@ -49,8 +70,6 @@ def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
                 image.draft("RGB", (width * size // shorter, height * size // shorter))
             image = ImageOps.exif_transpose(image)
             image = _to_rgb(image)
-            image = _resize_center_crop(image, size)
-            return np.asarray(image, dtype=np.uint8)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -59,6 +78,7 @@ def decode_image(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
         raise InputError("image format not recognised (corrupt or unsupported)") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InputError(f"image could not be decoded: {exc}") from exc
+    yield image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -32,3 +32,17 @@ def triton(model_repository, tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+def create_demo_collections(client) -> None:
+    """The two collections the demo creates: `images` (EfficientNet-Lite0, field label) and `texts`
+    (all-MiniLM-L6-v2)."""
+    client.create_collection("images", model="efficientnet_lite0", fields={"label": "string"})
+    client.create_collection("texts", model="minilm_l6")
+
+
+def collection_dir(data_dir: Path, name: str) -> Path:
+    """Where a shard keeps a collection's slice: collections/<name>-<incarnation>/."""
+    matches = sorted((Path(data_dir) / "collections").glob(f"{name}-*"))
+    assert len(matches) == 1, matches
+    return matches[0]

@@ -48,3 +48,9 @@ class ResourceExhausted(ServiceError):
     """Too much in flight or too large (RESOURCE_EXHAUSTED)."""
 
     code = "RESOURCE_EXHAUSTED"
+
+
+class AlreadyExists(ServiceError):
+    """A collection of that name exists with other settings (ALREADY_EXISTS)."""
+
+    code = "ALREADY_EXISTS"

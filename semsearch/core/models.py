@@ -11,3 +11,5 @@ MAX_BATCH_SIZE = 64
 VERSION_PARAMETER = "semsearch_version"
 # Which kind of content each served model embeds.
 MODEL_KINDS = {IMAGE_MODEL: "image", TEXT_MODEL: "text"}
+# The dimension of each served model's vectors.
+MODEL_DIMS = {IMAGE_MODEL: IMAGE_DIM, TEXT_MODEL: TEXT_DIM}

@@ -18,10 +18,12 @@ TEXT_QUERIES = (
 def _show(title: str, response) -> None:
     print(f"\n{title}")
     for rank, hit in enumerate(response.hits, 1):
-        meta = (
-            hit.metadata.get("label")
-            or f"[{hit.metadata.get('category', '')}] {hit.metadata.get('text', '')}"
+        text = (
+            " ".join(hit.payload.decode("utf-8", errors="replace").split())
+            if not hit.metadata.get("label")
+            else ""
         )
+        meta = hit.metadata.get("label") or f"[{hit.metadata.get('category', '')}] {text}"
         print(f"  {rank}. {hit.score:.3f}  {hit.id:<18} {meta[:90]}")
     stages = ", ".join(f"{t.stage} {t.seconds * 1000:.1f}ms" for t in response.timings)
     print(
@@ -32,7 +34,7 @@ def _show(title: str, response) -> None:
 def run_demo(repository: Path, home: Path, *, limit: int | None = None, shards: int = 2) -> int:
     from semsearch.client import SemsearchClient
     from semsearch.datasets import fashion_mnist
-    from semsearch.tools.ingest import dataset_items, ingest
+    from semsearch.tools.ingest import create_collection_for, dataset_items, ingest
     from semsearch.tools.stack import StackState
     from semsearch.tools.supervisor import STATE_FILE, up
     from services.embedder.export import export_models, repository_is_current
@@ -49,6 +51,7 @@ def run_demo(repository: Path, home: Path, *, limit: int | None = None, shards: 
 
     with SemsearchClient(state.gateway, timeout_s=60) as client:
         for dataset, collection in (("fashion-mnist", "images"), ("fortunes", "texts")):
+            create_collection_for(client, collection, dataset)
             total, items = dataset_items(dataset, limit)
             report = ingest(client, collection, dataset, total, items,
                             state_file=home / f"ingest-{collection}-{dataset}.json")  # fmt: skip
@@ -61,7 +64,9 @@ def run_demo(repository: Path, home: Path, *, limit: int | None = None, shards: 
         )
         _show("More like item fmnist-train-1:", client.search("images", id="fmnist-train-1", k=5))
         for query in TEXT_QUERIES:
-            _show(f'Search by text: "{query}"', client.search("texts", text=query, k=3))
+            _show(
+                f'Search by text: "{query}"', client.search("texts", text=query, k=3, include_payloads=True)
+            )
         again = client.search("texts", text=TEXT_QUERIES[0], k=3)
         print(f"\nSame text query again: cached {again.cached}, "
               f"{sum(t.seconds for t in again.timings) * 1000:.1f}ms in the gateway")  # fmt: skip

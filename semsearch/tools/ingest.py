@@ -19,6 +19,39 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 DATASETS = ("fashion-mnist", "fortunes")
+# The collection each bundled data set goes into by default: its model and indexed fields.
+DATASET_COLLECTIONS = {
+    "fashion-mnist": {"model": "efficientnet_lite0", "fields": {"label": "string", "split": "string"}},
+    "fortunes": {"model": "minilm_l6", "fields": {"category": "string"}},
+}
+
+
+def create_collection_for(client: SemsearchClient, collection: str, dataset: str) -> None:
+    """Create `collection` with the settings a bundled data set needs (a no-op when it exists so)."""
+    client.create_collection(collection, **DATASET_COLLECTIONS[dataset])
+
+
+def npy_items(path: Path, ids_path: Path | None, limit: int | None = None) -> tuple[int, int, Iterator[Item]]:
+    """(count, dim, items) of a float32 [n, d] .npy file (memory-mapped), with ids from a text file (one a
+    line) or generated as <file stem>-<row>."""
+    import numpy as np
+
+    vectors = np.load(path, mmap_mode="r")
+    if vectors.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-d array [n, dim], got shape {vectors.shape}")
+    ids = ids_path.read_text().split("\n") if ids_path else None
+    if ids is not None:
+        ids = [i for i in ids if i]
+        if len(ids) != len(vectors):
+            raise ValueError(f"{ids_path}: {len(ids)} ids for {len(vectors)} vectors")
+    total = min(len(vectors), limit) if limit else len(vectors)
+
+    def items() -> Iterator[Item]:
+        for row in range(total):
+            item_id = ids[row] if ids is not None else f"{path.stem}-{row}"
+            yield Item(id=item_id, vector=np.asarray(vectors[row], dtype=np.float32))
+
+    return total, int(vectors.shape[1]), items()
 
 
 @dataclass
@@ -67,8 +100,7 @@ def dataset_items(name: str, limit: int | None = None) -> tuple[int, Iterator[It
         # embed about 3x faster than the corpus order.
         order = sorted(range(total), key=lambda i: len(corpus.texts[i]))
         return total, (
-            Item(id=f"fortune-{i}", text=corpus.texts[i],
-                 metadata={"category": corpus.categories[i], "text": corpus.texts[i][:200]})
+            Item(id=f"fortune-{i}", text=corpus.texts[i], metadata={"category": corpus.categories[i]})
             for i in order
         )  # fmt: skip
     raise ValueError(f"unknown data set {name!r}: one of {', '.join(DATASETS)}")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from semsearch.core.collections import CollectionConfig
 from semsearch.procs import ManagedProcess, StartupError, free_port, is_bind_error
 from semsearch.rpc import health_serving
+from semsearch.specs import spec_from_config
+from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 
 
 @dataclass
@@ -61,10 +64,6 @@ class ShardProcess:
             SEMSEARCH_LOG_FORMAT="json",
             OMP_WAIT_POLICY="PASSIVE",
         )
-        if self.collections is not None:
-            path = self.data_dir / "collections.json"
-            path.write_text(json.dumps([c.to_json() for c in self.collections]))
-            env["SEMSEARCH_COLLECTIONS_FILE"] = str(path)
         env.update(self.env)
         self.process = ManagedProcess(
             f"indexer shard {self.shard}",
@@ -73,8 +72,23 @@ class ShardProcess:
             env=env,
         )
         self.process.start(lambda: health_serving(self.address), self.startup_timeout)
+        if self.collections and not self.started_once:
+            try:
+                self.create_collections(self.collections)
+            except BaseException:
+                self.stop()
+                raise
         self.started_once = True
         return self
+
+    def create_collections(self, collections: Sequence[CollectionConfig]) -> None:
+        """Create collections on this shard (it must own its catalog: shard 0, or a shard without
+        peers); the same settings again are a no-op."""
+        with grpc.insecure_channel(self.address) as channel:
+            stub = indexer_pb2_grpc.IndexerStub(channel)
+            for config in collections:
+                request = indexer_pb2.ShardCreateCollectionRequest(spec=spec_from_config(config))
+                stub.CreateCollection(request, timeout=60)
 
     def stop(self, grace: float = 20.0) -> None:
         if self.process is not None:

@@ -72,7 +72,6 @@ class Stack:
         num_shards: int = 2,
         gateway_port: int | None = None,
         env: dict[str, str] | None = None,
-        collections_file: Path | None = None,
         with_prometheus: bool = False,
     ) -> None:
         self.home = Path(home).resolve()
@@ -81,7 +80,6 @@ class Stack:
         self.fixed_gateway_port = gateway_port
         self.gateway_port = gateway_port or 0
         self.env = env or {}
-        self.collections_file = collections_file
         self.triton: TritonServer | None = None
         self.redis: ManagedProcess | None = None
         self.redis_port = 0
@@ -151,23 +149,26 @@ class Stack:
                     raise
 
     def start_shard(self, i: int) -> ShardProcess:
-        """(Re)start shard i on its address; shard 0 learns every shard's address (it coordinates
-        training), so the others must have started once before it."""
-        if i < len(self.shards) and self.shards[i].started_once:
-            return self.shards[i].start()
-        while len(self.shards) <= i:
+        """(Re)start shard i on its address. Every shard learns every shard's address
+        (SEMSEARCH_PEERS): shard 0 keeps the collection catalog and coordinates training, the others
+        follow its catalog."""
+        while len(self.shards) < self.num_shards:
             n = len(self.shards)
-            shard = ShardProcess(n, self.num_shards, self.home / f"shard-{n}", env=dict(self.env))
-            if self.collections_file:
-                shard.env["SEMSEARCH_COLLECTIONS_FILE"] = str(self.collections_file)
-            self.shards.append(shard)
-        if i == 0:
-            self.shards[0].env["SEMSEARCH_PEERS"] = ",".join(s.address for s in self.shards)
-        return self.shards[i].start()
+            self.shards.append(ShardProcess(n, self.num_shards, self.home / f"shard-{n}", env=dict(self.env)))
+        shard = self.shards[i]
+        shard.env["SEMSEARCH_PEERS"] = ",".join(s.address for s in self.shards)
+        return shard.start()
 
     def start_shards(self) -> None:
+        """Start every shard; shard 0 last, so it knows the final address of every other one."""
         for i in [*range(1, self.num_shards), 0]:
             self.start_shard(i)
+        owner = self.shards[0].address
+        for shard in self.shards[1:]:
+            if not shard.env["SEMSEARCH_PEERS"].startswith(owner + ","):
+                # Shard 0 had to take another port than the one the others were told: tell them again.
+                shard.stop()
+                self.start_shard(shard.shard)
 
     def start_gateway(self) -> None:
         """Start (or restart, on the same ports) the gateway and wait for its readiness. Ports are
@@ -206,8 +207,6 @@ class Stack:
             SEMSEARCH_LOG_FORMAT="json",
             OMP_WAIT_POLICY="PASSIVE",
         )
-        if self.collections_file:
-            env["SEMSEARCH_COLLECTIONS_FILE"] = str(self.collections_file)
         if self.gateway_health_port:
             env["SEMSEARCH_GATEWAY_HEALTH_PORT"] = str(self.gateway_health_port)
         env.update(self.env)
@@ -345,6 +344,12 @@ class Stack:
             prometheus=self.prometheus_url if self.prometheus is not None else "",
             pids={k: v for k, v in pids.items() if v},
         )
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
     def stop(self) -> None:
         if self.prometheus:

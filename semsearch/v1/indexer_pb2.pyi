@@ -48,7 +48,7 @@ class WriteResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ..., lsn: _Optional[int] = ..., data_version: _Optional[int] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "nprobe", "recall_target", "rerank", "exclude_ids", "route")
+    __slots__ = ("collection", "queries", "k", "nprobe", "recall_target", "rerank", "exclude_ids", "route", "include_payloads")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class ShardSearchRequest(_message.Message):
     RERANK_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     k: int
@@ -65,7 +66,8 @@ class ShardSearchRequest(_message.Message):
     rerank: int
     exclude_ids: _containers.RepeatedScalarFieldContainer[str]
     route: ShardRoute
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., recall_target: _Optional[float] = ..., rerank: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ...) -> None: ...
+    include_payloads: bool
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., recall_target: _Optional[float] = ..., rerank: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ..., include_payloads: _Optional[bool] = ...) -> None: ...
 
 class QueryHits(_message.Message):
     __slots__ = ("hits",)
@@ -90,16 +92,18 @@ class ShardSearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ..., generation: _Optional[int] = ..., data_version: _Optional[int] = ..., index: _Optional[str] = ..., nprobe: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ShardGetRequest(_message.Message):
-    __slots__ = ("collection", "ids", "include_vectors", "route")
+    __slots__ = ("collection", "ids", "include_vectors", "route", "include_payloads")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     include_vectors: bool
     route: ShardRoute
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vectors: _Optional[bool] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ...) -> None: ...
+    include_payloads: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vectors: _Optional[bool] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ..., include_payloads: _Optional[bool] = ...) -> None: ...
 
 class ShardGetResponse(_message.Message):
     __slots__ = ("items", "missing")
@@ -114,7 +118,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectionStats(_message.Message):
-    __slots__ = ("name", "dim", "count", "generation", "index", "factory", "data_version", "lsn", "rebuild_progress", "rebuilding", "log_bytes", "index_bytes", "rows", "disk_bytes", "broken", "rebuild_failures", "template_id")
+    __slots__ = ("name", "dim", "count", "generation", "index", "factory", "data_version", "lsn", "rebuild_progress", "rebuilding", "log_bytes", "index_bytes", "rows", "disk_bytes", "broken", "rebuild_failures", "template_id", "memory_bytes", "metric")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +136,8 @@ class CollectionStats(_message.Message):
     BROKEN_FIELD_NUMBER: _ClassVar[int]
     REBUILD_FAILURES_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     count: int
@@ -149,19 +155,23 @@ class CollectionStats(_message.Message):
     broken: str
     rebuild_failures: int
     template_id: str
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ..., index: _Optional[str] = ..., factory: _Optional[str] = ..., data_version: _Optional[int] = ..., lsn: _Optional[int] = ..., rebuild_progress: _Optional[float] = ..., rebuilding: _Optional[bool] = ..., log_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., broken: _Optional[str] = ..., rebuild_failures: _Optional[int] = ..., template_id: _Optional[str] = ...) -> None: ...
+    memory_bytes: int
+    metric: str
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ..., index: _Optional[str] = ..., factory: _Optional[str] = ..., data_version: _Optional[int] = ..., lsn: _Optional[int] = ..., rebuild_progress: _Optional[float] = ..., rebuilding: _Optional[bool] = ..., log_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., broken: _Optional[str] = ..., rebuild_failures: _Optional[int] = ..., template_id: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., metric: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "num_shards", "collections", "disk_free_bytes")
+    __slots__ = ("shard", "num_shards", "collections", "disk_free_bytes", "catalog_version")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     shard: int
     num_shards: int
     collections: _containers.RepeatedCompositeFieldContainer[CollectionStats]
     disk_free_bytes: int
-    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CollectionStats, _Mapping]]] = ..., disk_free_bytes: _Optional[int] = ...) -> None: ...
+    catalog_version: int
+    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CollectionStats, _Mapping]]] = ..., disk_free_bytes: _Optional[int] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
     __slots__ = ("collection", "n", "seed")
@@ -242,6 +252,38 @@ class TrainResponse(_message.Message):
     next_generations: _containers.RepeatedScalarFieldContainer[int]
     nprobe_table: _containers.RepeatedCompositeFieldContainer[NprobeRecall]
     def __init__(self, vectors: _Optional[int] = ..., train_vectors: _Optional[int] = ..., seconds: _Optional[float] = ..., default_nprobe: _Optional[int] = ..., next_generations: _Optional[_Iterable[int]] = ..., nprobe_table: _Optional[_Iterable[_Union[NprobeRecall, _Mapping]]] = ...) -> None: ...
+
+class ShardCreateCollectionRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: _common_pb2.CollectionSpec
+    def __init__(self, spec: _Optional[_Union[_common_pb2.CollectionSpec, _Mapping]] = ...) -> None: ...
+
+class ShardDropCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CatalogRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CatalogEntry(_message.Message):
+    __slots__ = ("spec", "incarnation")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    spec: _common_pb2.CollectionSpec
+    incarnation: str
+    def __init__(self, spec: _Optional[_Union[_common_pb2.CollectionSpec, _Mapping]] = ..., incarnation: _Optional[str] = ...) -> None: ...
+
+class CatalogMessage(_message.Message):
+    __slots__ = ("version", "collections")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    collections: _containers.RepeatedCompositeFieldContainer[CatalogEntry]
+    def __init__(self, version: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CatalogEntry, _Mapping]]] = ...) -> None: ...
 
 class CompactRequest(_message.Message):
     __slots__ = ("collection",)

@@ -79,6 +79,26 @@ class IndexerStub:
                 request_serializer=semsearch_dot_v1_dot_indexer__pb2.TrainRequest.SerializeToString,
                 response_deserializer=semsearch_dot_v1_dot_indexer__pb2.TrainResponse.FromString,
                 _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/semsearch.v1.Indexer/CreateCollection',
+                request_serializer=semsearch_dot_v1_dot_indexer__pb2.ShardCreateCollectionRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.FromString,
+                _registered_method=True)
+        self.DropCollection = channel.unary_unary(
+                '/semsearch.v1.Indexer/DropCollection',
+                request_serializer=semsearch_dot_v1_dot_indexer__pb2.ShardDropCollectionRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.FromString,
+                _registered_method=True)
+        self.GetCatalog = channel.unary_unary(
+                '/semsearch.v1.Indexer/GetCatalog',
+                request_serializer=semsearch_dot_v1_dot_indexer__pb2.CatalogRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.FromString,
+                _registered_method=True)
+        self.SyncCatalog = channel.unary_unary(
+                '/semsearch.v1.Indexer/SyncCatalog',
+                request_serializer=semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.FromString,
+                _registered_method=True)
         self.Compact = channel.unary_unary(
                 '/semsearch.v1.Indexer/Compact',
                 request_serializer=semsearch_dot_v1_dot_indexer__pb2.CompactRequest.SerializeToString,
@@ -175,6 +195,38 @@ class IndexerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCollection(self, request, context):
+        """Create a collection (shard 0 owns the catalog; a shard without peers owns its own): durable at
+        once, pushed to the other shards. The same settings again is a no-op.
+        INVALID_ARGUMENT: bad settings (the field is named). ALREADY_EXISTS: the name exists with other
+        settings (the differences are named). FAILED_PRECONDITION: not the catalog's owner.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCollection(self, request, context):
+        """Drop a collection everywhere (its data is deleted). NOT_FOUND: unknown collection.
+        FAILED_PRECONDITION: not the catalog's owner.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCatalog(self, request, context):
+        """This shard's copy of the catalog (the collections it serves, with the catalog's version).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SyncCatalog(self, request, context):
+        """Apply the owner's catalog if it is newer than this shard's (create and drop collections).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Compact(self, request, context):
         """Rebuild a collection's slice now, dropping dead rows (replaced and deleted items) from the raw
         vectors and the index; searches go on meanwhile. Returns when the new generation serves.
@@ -231,6 +283,26 @@ def add_IndexerServicer_to_server(servicer, server):
                     servicer.Train,
                     request_deserializer=semsearch_dot_v1_dot_indexer__pb2.TrainRequest.FromString,
                     response_serializer=semsearch_dot_v1_dot_indexer__pb2.TrainResponse.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.ShardCreateCollectionRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.SerializeToString,
+            ),
+            'DropCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCollection,
+                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.ShardDropCollectionRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.SerializeToString,
+            ),
+            'GetCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCatalog,
+                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.CatalogRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.SerializeToString,
+            ),
+            'SyncCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.SyncCatalog,
+                    request_deserializer=semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.FromString,
+                    response_serializer=semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.SerializeToString,
             ),
             'Compact': grpc.unary_unary_rpc_method_handler(
                     servicer.Compact,
@@ -481,6 +553,114 @@ class Indexer:
             '/semsearch.v1.Indexer/Train',
             semsearch_dot_v1_dot_indexer__pb2.TrainRequest.SerializeToString,
             semsearch_dot_v1_dot_indexer__pb2.TrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.Indexer/CreateCollection',
+            semsearch_dot_v1_dot_indexer__pb2.ShardCreateCollectionRequest.SerializeToString,
+            semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.Indexer/DropCollection',
+            semsearch_dot_v1_dot_indexer__pb2.ShardDropCollectionRequest.SerializeToString,
+            semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.Indexer/GetCatalog',
+            semsearch_dot_v1_dot_indexer__pb2.CatalogRequest.SerializeToString,
+            semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.Indexer/SyncCatalog',
+            semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.SerializeToString,
+            semsearch_dot_v1_dot_indexer__pb2.CatalogMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "image", "text", "vector", "id", "k", "recall_target", "nprobe", "min_coverage", "no_cache")
+    __slots__ = ("collection", "image", "text", "vector", "id", "k", "recall_target", "nprobe", "min_coverage", "no_cache", "include_payloads")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class SearchRequest(_message.Message):
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     MIN_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     NO_CACHE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     text: str
@@ -29,7 +30,8 @@ class SearchRequest(_message.Message):
     nprobe: int
     min_coverage: float
     no_cache: bool
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., recall_target: _Optional[float] = ..., nprobe: _Optional[int] = ..., min_coverage: _Optional[float] = ..., no_cache: _Optional[bool] = ...) -> None: ...
+    include_payloads: bool
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., recall_target: _Optional[float] = ..., nprobe: _Optional[int] = ..., min_coverage: _Optional[float] = ..., no_cache: _Optional[bool] = ..., include_payloads: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "shards_answered", "shards_queried", "generations", "cached", "timings", "model_version")
@@ -57,7 +59,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., shards_answered: _Optional[int] = ..., shards_queried: _Optional[int] = ..., generations: _Optional[_Mapping[int, int]] = ..., cached: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class UpsertItem(_message.Message):
-    __slots__ = ("id", "image", "text", "vector", "metadata")
+    __slots__ = ("id", "image", "text", "vector", "metadata", "payload")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,12 +72,14 @@ class UpsertItem(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     id: str
     image: bytes
     text: str
     vector: _common_pb2.Vector
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    payload: bytes
+    def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "items")
@@ -122,14 +126,16 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("collection", "ids", "include_vectors")
+    __slots__ = ("collection", "ids", "include_vectors", "include_payloads")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     include_vectors: bool
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
+    include_payloads: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vectors: _Optional[bool] = ..., include_payloads: _Optional[bool] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("items", "missing")
@@ -144,7 +150,7 @@ class ListCollectionsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "dim", "count", "model", "model_version", "index", "generations", "shards_answered", "shards_total")
+    __slots__ = ("name", "dim", "count", "model", "model_version", "index", "generations", "shards_answered", "shards_total", "spec", "state", "shards")
     class GenerationsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +167,9 @@ class CollectionInfo(_message.Message):
     GENERATIONS_FIELD_NUMBER: _ClassVar[int]
     SHARDS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
     SHARDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     count: int
@@ -170,10 +179,55 @@ class CollectionInfo(_message.Message):
     generations: _containers.ScalarMap[int, int]
     shards_answered: int
     shards_total: int
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., index: _Optional[str] = ..., generations: _Optional[_Mapping[int, int]] = ..., shards_answered: _Optional[int] = ..., shards_total: _Optional[int] = ...) -> None: ...
+    spec: _common_pb2.CollectionSpec
+    state: str
+    shards: _containers.RepeatedCompositeFieldContainer[ShardUsage]
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., index: _Optional[str] = ..., generations: _Optional[_Mapping[int, int]] = ..., shards_answered: _Optional[int] = ..., shards_total: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.CollectionSpec, _Mapping]] = ..., state: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardUsage, _Mapping]]] = ...) -> None: ...
+
+class ShardUsage(_message.Message):
+    __slots__ = ("shard", "count", "rows", "disk_bytes", "memory_bytes", "generation", "rebuilding", "rebuild_progress")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    REBUILDING_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    count: int
+    rows: int
+    disk_bytes: int
+    memory_bytes: int
+    generation: int
+    rebuilding: bool
+    rebuild_progress: float
+    def __init__(self, shard: _Optional[int] = ..., count: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., rebuilding: _Optional[bool] = ..., rebuild_progress: _Optional[float] = ...) -> None: ...
 
 class ListCollectionsResponse(_message.Message):
     __slots__ = ("collections",)
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
     def __init__(self, collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ...) -> None: ...
+
+class CreateCollectionRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: _common_pb2.CollectionSpec
+    def __init__(self, spec: _Optional[_Union[_common_pb2.CollectionSpec, _Mapping]] = ...) -> None: ...
+
+class DropCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DropCollectionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DescribeCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

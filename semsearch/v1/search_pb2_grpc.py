@@ -64,6 +64,21 @@ class SearchStub:
                 request_serializer=semsearch_dot_v1_dot_search__pb2.ListCollectionsRequest.SerializeToString,
                 response_deserializer=semsearch_dot_v1_dot_search__pb2.ListCollectionsResponse.FromString,
                 _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/semsearch.v1.Search/CreateCollection',
+                request_serializer=semsearch_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__pb2.CollectionInfo.FromString,
+                _registered_method=True)
+        self.DropCollection = channel.unary_unary(
+                '/semsearch.v1.Search/DropCollection',
+                request_serializer=semsearch_dot_v1_dot_search__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__pb2.DropCollectionResponse.FromString,
+                _registered_method=True)
+        self.DescribeCollection = channel.unary_unary(
+                '/semsearch.v1.Search/DescribeCollection',
+                request_serializer=semsearch_dot_v1_dot_search__pb2.DescribeCollectionRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__pb2.CollectionInfo.FromString,
+                _registered_method=True)
 
 
 class SearchServicer:
@@ -115,7 +130,35 @@ class SearchServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCollections(self, request, context):
-        """Collections with counts, dimensions, models, generations and shard coverage.
+        """Collections with their settings, counts, index state, generations and shard coverage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
+        """Create a collection on every shard (durable at once; a shard that is down gets it when it comes
+        back, before it serves it). The same settings again is a no-op.
+        INVALID_ARGUMENT: bad name (1-64 letters, digits, - or _), dim (1..65536, or the model's), metric,
+        unknown model, index kind or factory, field declared twice or of an unknown type, raw_dtype,
+        recall_target (the field is named). ALREADY_EXISTS: the name exists with other settings (the
+        differences are named). UNAVAILABLE: shard 0, which keeps the catalog, does not answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCollection(self, request, context):
+        """Drop a collection and free its disk on every shard. Writes to it in flight fail with NOT_FOUND.
+        NOT_FOUND: unknown collection. UNAVAILABLE: shard 0 does not answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeCollection(self, request, context):
+        """A collection's settings, counts, index state and generation, and disk and memory use per shard.
+        NOT_FOUND: unknown collection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +196,21 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.ListCollections,
                     request_deserializer=semsearch_dot_v1_dot_search__pb2.ListCollectionsRequest.FromString,
                     response_serializer=semsearch_dot_v1_dot_search__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=semsearch_dot_v1_dot_search__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__pb2.CollectionInfo.SerializeToString,
+            ),
+            'DropCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCollection,
+                    request_deserializer=semsearch_dot_v1_dot_search__pb2.DropCollectionRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__pb2.DropCollectionResponse.SerializeToString,
+            ),
+            'DescribeCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeCollection,
+                    request_deserializer=semsearch_dot_v1_dot_search__pb2.DescribeCollectionRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__pb2.CollectionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +375,87 @@ class Search:
             '/semsearch.v1.Search/ListCollections',
             semsearch_dot_v1_dot_search__pb2.ListCollectionsRequest.SerializeToString,
             semsearch_dot_v1_dot_search__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.Search/CreateCollection',
+            semsearch_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__pb2.CollectionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.Search/DropCollection',
+            semsearch_dot_v1_dot_search__pb2.DropCollectionRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__pb2.DropCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.Search/DescribeCollection',
+            semsearch_dot_v1_dot_search__pb2.DescribeCollectionRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__pb2.CollectionInfo.FromString,
             options,
             channel_credentials,
             insecure,

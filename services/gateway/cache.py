@@ -6,6 +6,7 @@ before a write is acknowledged (see invalidate())."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -116,7 +117,7 @@ class Cache:
         """Where the result of `query` computed at `epoch` on these shard generations is cached."""
         fingerprint = json.dumps(
             [query.collection, query.kind, query.item_id, query.k, query.recall_target, query.nprobe, epoch,
-             sorted(generations.items()), shards]
+             sorted(generations.items()), shards, query.include_payloads]
         ).encode()  # fmt: skip
         digest = content_hash(fingerprint + np.ascontiguousarray(vector, dtype="<f4").tobytes())
         return f"res:{query.collection}:{digest}"
@@ -128,7 +129,7 @@ class Cache:
             return None
         decoded = json.loads(data)
         return SearchResult(
-            hits=[Hit(i, s, m) for i, s, m in decoded["hits"]],
+            hits=[Hit(i, s, m, base64.b64decode(p)) for i, s, m, p in decoded["hits"]],
             shards_answered=decoded["answered"],
             shards_queried=decoded["queried"],
             generations={int(k): v for k, v in decoded["generations"].items()},
@@ -138,7 +139,9 @@ class Cache:
     async def set_result(self, key: str, result: SearchResult) -> None:
         payload = json.dumps(
             {
-                "hits": [[h.id, h.score, h.metadata] for h in result.hits],
+                "hits": [
+                    [h.id, h.score, h.metadata, base64.b64encode(h.payload).decode()] for h in result.hits
+                ],
                 "answered": result.shards_answered,
                 "queried": result.shards_queried,
                 "generations": result.generations,

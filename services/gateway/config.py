@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from semsearch.core.collections import CollectionConfig, load_collections
 from semsearch.core.settings import Env
 
 # Keys that appear in examples and documentation: never accepted.
@@ -40,7 +39,6 @@ class GatewaySettings:
     shards: tuple[str, ...]
     triton_url: str
     redis_url: str
-    collections: tuple[CollectionConfig, ...]
     host: str = "127.0.0.1"
     port: int = 7000
     metrics_port: int = 9000
@@ -77,7 +75,6 @@ class GatewaySettings:
             shards=env.list("SEMSEARCH_SHARDS"),
             triton_url=env.str("SEMSEARCH_TRITON_URL"),
             redis_url=env.str("SEMSEARCH_REDIS_URL"),
-            collections=load_collections(env.str("SEMSEARCH_COLLECTIONS_FILE")),
             host=env.str("SEMSEARCH_GATEWAY_HOST", "127.0.0.1"),
             port=env.int("SEMSEARCH_GATEWAY_PORT", 7000, minimum=0),
             metrics_port=env.int("SEMSEARCH_GATEWAY_METRICS_PORT", 9000, minimum=0),

@@ -12,6 +12,7 @@ class Hit:
     id: str
     score: float
     metadata: dict[str, str]
+    payload: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Query:
     nprobe: int = 0
     min_coverage: float = 1.0
     no_cache: bool = False
+    include_payloads: bool = False
     timeout_s: float = 5.0
 
 
@@ -56,6 +58,7 @@ class UpsertInput:
     text: str | None = None
     vector: np.ndarray | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    payload: bytes = b""
 
     @property
     def kind(self) -> str | None:
@@ -76,3 +79,9 @@ class ShardCollection:
     count: int
     generation: int
     index: str
+    rows: int = 0
+    disk_bytes: int = 0
+    memory_bytes: int = 0
+    rebuilding: bool = False
+    rebuild_progress: float = 0.0
+    template_id: str = ""

@@ -66,6 +66,8 @@ async def run(settings: GatewaySettings) -> None:
     server = build_server(settings, service)
     start_http_server(settings.metrics_port, addr=settings.host)
 
+    tasks: list[asyncio.Task] = []
+
     async def load() -> None:
         # Nothing to wait for: the process works at once (liveness); readiness follows the shards.
         # A shard list in the wrong order or of the wrong length is a configuration error: refuse to
@@ -76,8 +78,12 @@ async def run(settings: GatewaySettings) -> None:
                 raise RuntimeError(f"SEMSEARCH_SHARDS is wrong: {stats}")
             if isinstance(stats, Exception):
                 log.warning("%s does not answer yet (%s)", shard.name, stats)
+        await service.catalog.refresh()
+        tasks.append(asyncio.create_task(service.catalog.run()))
 
     async def close() -> None:
+        for task in tasks:
+            task.cancel()
         await service.cache.close()
         await service.embedder.close()
         for shard in service.shards:

@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from semsearch.core.collections import CollectionConfig
 from semsearch.core.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
 from semsearch.core.merge import merge_topk
 from semsearch.core.routing import shard_for
 from semsearch.media import InputError, normalize_text
 from services.gateway import metrics
 from services.gateway.cache import Cache, content_hash
+from services.gateway.catalog import CatalogCache
+from services.gateway.collections import Collections
 from services.gateway.config import GatewaySettings
 from services.gateway.domain import Query, SearchResult
 from services.gateway.embedder_client import EmbedderClient, EmbedderUnavailable
@@ -47,7 +50,7 @@ class Timer:
         self._begin = now
 
 
-class GatewayService(Writes):
+class GatewayService(Writes, Collections):
     """Clients of Triton, Redis and the shards are injected (tests pass real ones on free ports)."""
 
     def __init__(
@@ -61,22 +64,19 @@ class GatewayService(Writes):
         self.shards = list(shards)
         self.embedder = embedder
         self.cache = cache
-        self.collections = {c.name: c for c in settings.collections}
+        self.catalog = CatalogCache(self.shards)
         # Last generation seen per (collection, shard): part of result-cache keys, so an index swap
         # makes older cached results unreachable.
         self.generations: dict[str, dict[int, int]] = defaultdict(dict)
 
     # --- validation ---------------------------------------------------------------------------
 
-    def config(self, collection: str):
-        try:
-            return self.collections[collection]
-        except KeyError:
-            known = ", ".join(sorted(self.collections))
-            raise NotFound(f"unknown collection {collection!r} (known: {known})", "collection") from None
+    async def config(self, collection: str) -> CollectionConfig:
+        """A collection's settings from the catalog (NotFound naming the known collections)."""
+        return await self.catalog.get(collection)
 
-    def _check_kind(self, collection: str, kind: str, field_name: str) -> None:
-        kinds = self.config(collection).accepted_kinds
+    def _check_kind(self, config: CollectionConfig, kind: str, field_name: str) -> None:
+        collection, kinds = config.name, config.accepted_kinds
         if kind not in kinds:
             words = ", ".join(KIND_WORDS[k] for k in kinds)
             raise InvalidArgument(
@@ -88,12 +88,12 @@ class GatewayService(Writes):
 
     async def search(self, query: Query) -> SearchResult:
         """embed -> cache -> fan-out -> merge -> cache."""
-        config = self.config(query.collection)
-        self._check_search(query)
+        config = await self.config(query.collection)
+        self._check_search(query, config)
         deadline = time.monotonic() + query.timeout_s
         timer = Timer()
         begin = time.perf_counter()
-        vector, version = await self._query_vector(query, config.dim, timer)
+        vector, version = await self._query_vector(query, config, timer)
         epoch = None if query.no_cache else await self.cache.epoch(query.collection)
         shards = len(self.shards)
         if epoch is not None:
@@ -118,28 +118,32 @@ class GatewayService(Writes):
         metrics.SEARCH_SECONDS.labels(query.kind).observe(time.perf_counter() - begin)
         return result
 
-    def _check_search(self, query: Query) -> None:
+    def _check_search(self, query: Query, config: CollectionConfig) -> None:
         if not 1 <= query.k <= self.settings.max_k:
             raise InvalidArgument(f"must be in [1, {self.settings.max_k}], got {query.k}", "k")
         if not 0 <= query.min_coverage <= 1:
             raise InvalidArgument(f"must be in [0, 1], got {query.min_coverage}", "min_coverage")
         if not 0 <= query.recall_target <= 1 or np.isnan(query.recall_target):
             raise InvalidArgument(f"must be in [0, 1], got {query.recall_target}", "recall_target")
-        self._check_kind(query.collection, query.kind, query.kind)
+        self._check_kind(config, query.kind, query.kind)
 
-    async def _query_vector(self, query: Query, dim: int, timer: Timer) -> tuple[np.ndarray, str]:
+    async def _query_vector(
+        self, query: Query, config: CollectionConfig, timer: Timer
+    ) -> tuple[np.ndarray, str]:
         """The query vector and the model version that produced it ("" for vector and id queries)."""
         if query.kind == "vector":
-            return check_vector(query.vector, dim, "vector"), ""
+            return check_vector(query.vector, config.dim, "vector"), ""
         if query.kind == "id":
             vector = await self._vector_of_item(query.collection, query.item_id, query.timeout_s)
             timer.lap("lookup")
             return vector, ""
-        return await self._embed_query(query, dim, timer)
+        return await self._embed_query(query, config, timer)
 
-    async def _embed_query(self, query: Query, dim: int, timer: Timer) -> tuple[np.ndarray, str]:
+    async def _embed_query(
+        self, query: Query, config: CollectionConfig, timer: Timer
+    ) -> tuple[np.ndarray, str]:
         """Image and text queries: the embedding cache first, then Triton."""
-        model = self.config(query.collection).model
+        model, dim = config.model, config.dim
         try:
             version = await self.embedder.model_version(model)
         except EmbedderUnavailable as exc:
@@ -187,8 +191,10 @@ class GatewayService(Writes):
         exclude = [query.item_id] if query.kind == "id" else []
 
         async def call(shard: int, client: ShardClient):
-            return await client.search(query.collection, queries, query.k, query.nprobe, query.recall_target,
-                                       deadline - time.monotonic(), exclude)  # fmt: skip
+            return await client.search(
+                query.collection, queries, query.k, query.nprobe, query.recall_target,
+                deadline - time.monotonic(), exclude, query.include_payloads,
+            )  # fmt: skip
 
         gathered: Gathered = await gather_shards(self.shards, call, deadline - time.monotonic())
         for shard, exc in gathered.failures.items():
@@ -228,51 +234,26 @@ class GatewayService(Writes):
             by_shard[shard_for(item_id, len(self.shards))].append(item_id)
         return by_shard
 
-    async def get(self, collection: str, ids: Sequence[str], include_vectors: bool, timeout_s: float):
-        self.config(collection)
+    async def get(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        include_vectors: bool,
+        timeout_s: float,
+        include_payloads: bool = False,
+    ):
+        """Stored items (id, vector or None, metadata, payload) and the ids not stored."""
+        await self.config(collection)
         if not ids:
             raise InvalidArgument("no ids", "ids")
         by_shard = self._by_shard(ids)
         results = await asyncio.gather(
-            *(self.shards[s].get(collection, m, include_vectors, timeout_s) for s, m in by_shard.items())
+            *(
+                self.shards[s].get(collection, m, include_vectors, timeout_s, include_payloads)
+                for s, m in by_shard.items()
+            )
         )
         return [it for r in results for it in r[0]], [m for r in results for m in r[1]]
-
-    async def list_collections(self, timeout_s: float) -> list[dict]:
-        async def stats(shard: int, client: ShardClient):
-            return await client.stats(timeout_s)
-
-        gathered = await gather_shards(self.shards, stats, timeout_s)
-        out = []
-        for name, config in self.collections.items():
-            model = config.model
-            version = ""
-            if model:
-                try:
-                    version = await self.embedder.model_version(model)
-                except EmbedderUnavailable:
-                    version = ""
-            count, generations, index = 0, {}, "exact"
-            for shard, collections in gathered.answers.items():
-                for c in collections:
-                    if c.name == name:
-                        count += c.count
-                        generations[shard] = c.generation
-                        index = c.index
-            out.append(
-                {
-                    "name": name,
-                    "dim": config.dim,
-                    "count": count,
-                    "model": model,
-                    "model_version": version,
-                    "index": index,
-                    "generations": generations,
-                    "shards_answered": len(gathered.answers),
-                    "shards_total": len(self.shards),
-                }
-            )
-        return out
 
     async def ready(self) -> bool:
         """Readiness: at least `min_serving_shards` shards answer Stats as the shard their position in

@@ -9,7 +9,9 @@ import grpc
 import numpy as np
 
 from semsearch.core.errors import InvalidArgument
+from semsearch.specs import config_from_spec, spec_from_config
 from semsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
+from services.gateway.collections import CollectionView
 from services.gateway.domain import Query, UpsertInput
 from services.gateway.service import GatewayService
 
@@ -45,11 +47,15 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             nprobe=request.nprobe,
             min_coverage=request.min_coverage if request.HasField("min_coverage") else 1.0,
             no_cache=request.no_cache,
+            include_payloads=request.include_payloads,
             timeout_s=_timeout(context, self.default_timeout_s),
         )
         result = await self.service.search(query)
         return search_pb2.SearchResponse(
-            hits=[common_pb2.Hit(id=h.id, score=h.score, metadata=h.metadata) for h in result.hits],
+            hits=[
+                common_pb2.Hit(id=h.id, score=h.score, metadata=h.metadata, payload=h.payload)
+                for h in result.hits
+            ],
             shards_answered=result.shards_answered,
             shards_queried=result.shards_queried,
             generations=result.generations,
@@ -69,6 +75,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
                     text=item.text if content == "text" else None,
                     vector=np.array(item.vector.values, dtype=np.float32) if content == "vector" else None,
                     metadata=dict(item.metadata),
+                    payload=item.payload,
                 )
             )
         errors = await self.service.upsert(request.collection, items, timeout_s)
@@ -117,10 +124,11 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             list(request.ids),
             request.include_vectors,
             _timeout(context, self.default_timeout_s),
+            request.include_payloads,
         )
         response = search_pb2.GetResponse(missing=missing)
-        for item_id, vector, meta in items:
-            item = response.items.add(id=item_id, metadata=meta)
+        for item_id, vector, meta, payload in items:
+            item = response.items.add(id=item_id, metadata=meta, payload=payload)
             if vector is not None:
                 item.vector.values.extend(vector.tolist())
         return response
@@ -128,5 +136,54 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     async def ListCollections(
         self, request: search_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.ListCollectionsResponse:
-        infos = await self.service.list_collections(_timeout(context, self.default_timeout_s))
-        return search_pb2.ListCollectionsResponse(collections=[search_pb2.CollectionInfo(**i) for i in infos])
+        views = await self.service.list_collections(_timeout(context, self.default_timeout_s))
+        return search_pb2.ListCollectionsResponse(collections=[_info(v) for v in views])
+
+    async def CreateCollection(
+        self, request: search_pb2.CreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.CollectionInfo:
+        config = config_from_spec(request.spec)
+        return _info(await self.service.create_collection(config, _timeout(context, self.default_timeout_s)))
+
+    async def DropCollection(
+        self, request: search_pb2.DropCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.DropCollectionResponse:
+        await self.service.drop_collection(request.name, _timeout(context, self.default_timeout_s * 6))
+        return search_pb2.DropCollectionResponse()
+
+    async def DescribeCollection(
+        self, request: search_pb2.DescribeCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.CollectionInfo:
+        return _info(
+            await self.service.describe_collection(request.name, _timeout(context, self.default_timeout_s))
+        )
+
+
+def _info(view: CollectionView) -> search_pb2.CollectionInfo:
+    config = view.config
+    return search_pb2.CollectionInfo(
+        name=config.name,
+        dim=config.dim,
+        count=view.count,
+        model=config.model,
+        model_version=view.model_version,
+        index=view.index,
+        generations=view.generations,
+        shards_answered=len(view.shards),
+        shards_total=view.shards_total,
+        spec=spec_from_config(config),
+        state=view.state,
+        shards=[
+            search_pb2.ShardUsage(
+                shard=shard,
+                count=c.count,
+                rows=c.rows,
+                disk_bytes=c.disk_bytes,
+                memory_bytes=c.memory_bytes,
+                generation=c.generation,
+                rebuilding=c.rebuilding,
+                rebuild_progress=c.rebuild_progress,
+            )
+            for shard, c in sorted(view.shards.items())
+        ],
+    )

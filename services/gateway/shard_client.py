@@ -5,12 +5,23 @@ address)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
-from semsearch.core.errors import DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable
+from semsearch.core.collections import CollectionConfig
+from semsearch.core.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 from semsearch.rpc import CHANNEL_OPTIONS
+from semsearch.specs import config_from_spec, spec_from_config
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
 from services.gateway.domain import Hit, ShardCollection, ShardHits
 
@@ -24,6 +35,19 @@ class ShardMismatch(ServiceError):
 
 class ShardMisconfigured(Unavailable):
     """The process at a shard's address says it is another shard, or of another shard count."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The collections a shard knows (its copy of the catalog) and the catalog's version."""
+
+    version: int
+    collections: dict[str, CollectionConfig]
+
+
+def _catalog(message: indexer_pb2.CatalogMessage) -> Catalog:
+    configs = [config_from_spec(entry.spec) for entry in message.collections]
+    return Catalog(message.version, {c.name: c for c in configs})
 
 
 class ShardClient:
@@ -51,6 +75,7 @@ class ShardClient:
         recall_target: float,
         timeout: float,
         exclude_ids: list[str] | None = None,
+        include_payloads: bool = False,
     ) -> ShardHits:
         request = indexer_pb2.ShardSearchRequest(
             collection=collection,
@@ -60,9 +85,10 @@ class ShardClient:
             recall_target=recall_target,
             exclude_ids=exclude_ids or [],
             route=self.route,
+            include_payloads=include_payloads,
         )
         response = await self._rpc(self.stub.Search(request, timeout=timeout))
-        hits = [[Hit(h.id, h.score, dict(h.metadata)) for h in r.hits] for r in response.results]
+        hits = [[Hit(h.id, h.score, dict(h.metadata), h.payload) for h in r.hits] for r in response.results]
         return ShardHits(hits, response.generation)
 
     async def upsert(
@@ -71,11 +97,12 @@ class ShardClient:
         ids: list[str],
         vectors: np.ndarray,
         metadata: list[dict[str, str]],
+        payloads: list[bytes],
         timeout: float,
     ) -> int:
         items = [
-            common_pb2.Item(id=i, vector=common_pb2.Vector(values=v.tolist()), metadata=m)
-            for i, v, m in zip(ids, vectors, metadata)
+            common_pb2.Item(id=i, vector=common_pb2.Vector(values=v.tolist()), metadata=m, payload=p)
+            for i, v, m, p in zip(ids, vectors, metadata, payloads)
         ]
         request = indexer_pb2.ShardUpsertRequest(collection=collection, items=items, route=self.route)
         response = await self._rpc(self.stub.Upsert(request, timeout=timeout))
@@ -88,10 +115,19 @@ class ShardClient:
         return response.count, list(response.missing)
 
     async def get(
-        self, collection: str, ids: list[str], include_vectors: bool, timeout: float
-    ) -> tuple[list[tuple[str, np.ndarray | None, dict[str, str]]], list[str]]:
+        self,
+        collection: str,
+        ids: list[str],
+        include_vectors: bool,
+        timeout: float,
+        include_payloads: bool = False,
+    ) -> tuple[list[tuple[str, np.ndarray | None, dict[str, str], bytes]], list[str]]:
         request = indexer_pb2.ShardGetRequest(
-            collection=collection, ids=ids, include_vectors=include_vectors, route=self.route
+            collection=collection,
+            ids=ids,
+            include_vectors=include_vectors,
+            route=self.route,
+            include_payloads=include_payloads,
         )
         response = await self._rpc(self.stub.Get(request, timeout=timeout))
         items = [
@@ -99,10 +135,37 @@ class ShardClient:
                 it.id,
                 np.array(it.vector.values, dtype=np.float32) if include_vectors else None,
                 dict(it.metadata),
+                it.payload,
             )
             for it in response.items
         ]
         return items, list(response.missing)
+
+    async def create_collection(self, config: CollectionConfig, timeout: float) -> Catalog:
+        """Create a collection through this shard (the catalog's owner)."""
+        request = indexer_pb2.ShardCreateCollectionRequest(spec=spec_from_config(config))
+        return _catalog(await self._catalog_rpc(self.stub.CreateCollection(request, timeout=timeout)))
+
+    async def drop_collection(self, name: str, timeout: float) -> Catalog:
+        request = indexer_pb2.ShardDropCollectionRequest(name=name)
+        return _catalog(await self._catalog_rpc(self.stub.DropCollection(request, timeout=timeout)))
+
+    async def catalog(self, timeout: float) -> Catalog:
+        return _catalog(await self._rpc(self.stub.GetCatalog(indexer_pb2.CatalogRequest(), timeout=timeout)))
+
+    async def _catalog_rpc(self, call):
+        """Catalog changes: the shard's own errors (bad settings, exists, unknown) are the caller's."""
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(exc.details() or "") from exc
+            if code == grpc.StatusCode.ALREADY_EXISTS:
+                raise AlreadyExists(exc.details() or "") from exc
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(exc.details() or "") from exc
+            raise Unavailable(f"{self.name}, which keeps the collection catalog, is unavailable") from exc
 
     async def stats(self, timeout: float) -> list[ShardCollection]:
         """Every collection's state on this shard, after checking the shard is the one expected here."""
@@ -116,7 +179,21 @@ class ShardClient:
                 f"{self.name} is misconfigured: the process at its address says it is shard {response.shard} "
                 f"of {response.num_shards}"
             )
-        return [ShardCollection(c.name, c.count, c.generation, c.index) for c in response.collections]
+        return [
+            ShardCollection(
+                c.name,
+                c.count,
+                c.generation,
+                c.index,
+                c.rows,
+                c.disk_bytes,
+                c.memory_bytes,
+                c.rebuilding,
+                c.rebuild_progress,
+                c.template_id,
+            )
+            for c in response.collections
+        ]
 
     async def _rpc(self, call):
         try:
@@ -127,11 +204,12 @@ class ShardClient:
                 raise DeadlineExceeded(f"{self.name} missed the deadline") from exc
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise ResourceExhausted(f"{self.name}: {details}") from exc
-            if code in (
-                grpc.StatusCode.INVALID_ARGUMENT,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                grpc.StatusCode.NOT_FOUND,
-            ):
+            if code == grpc.StatusCode.NOT_FOUND:
+                # Collections come and go: one dropped (or not created yet) while this request travelled.
+                raise NotFound(
+                    details.removeprefix("collection: ") or "unknown collection", "collection"
+                ) from exc
+            if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
                 log.error("%s at %s refused a validated request: %s %s", self.name, self.address, code.name,
                           details)  # fmt: skip
                 raise ShardMismatch(f"{self.name} refused the request") from exc

@@ -7,6 +7,9 @@ import numpy as np
 from semsearch.core.errors import InvalidArgument
 
 MAX_ID_BYTES = 512
+MAX_PAYLOAD_BYTES = 64 * 1024
+# Text items keep this much of their text as their payload.
+MAX_TEXT_PAYLOAD_CHARS = 4_000
 
 
 def check_vector(vector: np.ndarray, dim: int, field_name: str) -> np.ndarray:

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from semsearch.core.collections import CollectionConfig
 from semsearch.core.errors import InvalidArgument, ServiceError, Unavailable
 from semsearch.core.routing import shard_for
+from semsearch.media import InputError, thumbnail
 from services.gateway import metrics
 from services.gateway.domain import UpsertInput
 from services.gateway.embedder_client import EmbedderUnavailable
-from services.gateway.validation import MAX_ID_BYTES, check_vector
+from services.gateway.validation import MAX_ID_BYTES, MAX_PAYLOAD_BYTES, MAX_TEXT_PAYLOAD_CHARS, check_vector
 
 
 class Writes:
@@ -27,7 +29,7 @@ class Writes:
     ) -> list[str | None]:
         """validate -> embed -> route -> write -> invalidate. Returns one error per item (None: durable on
         its shard, and no cached result from before the write is reachable)."""
-        config = self.config(collection)
+        config = await self.config(collection)
         if not items:
             raise InvalidArgument("no items", "items")
         if len(items) > self.settings.max_batch:
@@ -44,6 +46,7 @@ class Writes:
                 errors[i] = f"items[{i}].id: duplicate id {item.id!r} in one request"
             seen.add(item.id)
         vectors = await self._item_vectors(items, errors, config.dim)
+        payloads = await self._item_payloads(items, errors, config)
         by_shard: dict[int, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             if errors[i] is None:
@@ -56,6 +59,7 @@ class Writes:
                     [items[i].id for i in members],
                     vectors[members],
                     [dict(items[i].metadata) for i in members],
+                    [payloads[i] for i in members],
                     max(deadline - time.monotonic(), 0.001),
                 )
             except ServiceError as exc:
@@ -94,7 +98,41 @@ class Writes:
         encoded = json.dumps(dict(item.metadata), ensure_ascii=False, separators=(",", ":")).encode()
         if item.metadata and len(encoded) > config.max_metadata_bytes:
             return f"items[{i}].metadata: {len(encoded)} bytes, more than {config.max_metadata_bytes}"
+        if len(item.payload) > MAX_PAYLOAD_BYTES:
+            return f"items[{i}].payload: {len(item.payload)} bytes, more than {MAX_PAYLOAD_BYTES}"
         return None
+
+    async def _item_payloads(
+        self, items: Sequence[UpsertInput], errors: list[str | None], config: CollectionConfig
+    ) -> list[bytes]:
+        """What each item keeps besides its vector: the client's payload if given, else a thumbnail of an
+        image (when the collection stores them) or the start of a text."""
+        loop = asyncio.get_running_loop()
+        payloads: list[bytes] = [b""] * len(items)
+        pictures = []
+        for i, item in enumerate(items):
+            if errors[i] is not None:
+                continue
+            if item.payload:
+                payloads[i] = item.payload
+            elif item.image is not None and config.stores_thumbnails:
+                pictures.append(i)
+            elif item.text is not None:
+                payloads[i] = item.text[:MAX_TEXT_PAYLOAD_CHARS].encode("utf-8")
+
+        def thumbnails() -> list[bytes]:
+            out = []
+            for i in pictures:
+                try:
+                    out.append(thumbnail(items[i].image))
+                except InputError:
+                    out.append(b"")  # the embedding reported the same item already
+            return out
+
+        if pictures:
+            for i, small in zip(pictures, await loop.run_in_executor(None, thumbnails)):
+                payloads[i] = small
+        return payloads
 
     async def _item_vectors(
         self, items: Sequence[UpsertInput], errors: list[str | None], dim: int
@@ -136,7 +174,7 @@ class Writes:
                     errors[i] = f"items[{i}]: {exc}"
 
     async def delete(self, collection: str, ids: Sequence[str], timeout_s: float) -> tuple[int, list[str]]:
-        self.config(collection)
+        await self.config(collection)
         if not ids:
             raise InvalidArgument("no ids", "ids")
         by_shard = self._by_shard(ids)

@@ -17,8 +17,8 @@ from services.indexer.collection import Collection, SearchOutcome
 class _Pending:
     queries: np.ndarray
     k: int
-    nprobe: int
     depth: int
+    rerank: int
     future: asyncio.Future = field(repr=False)
 
 
@@ -34,7 +34,7 @@ class BatchedResult:
 
 class SearchBatcher:
     """Requests queue while the previous FAISS call runs; the next call takes them all (up to
-    `max_queries`), grouped by (k, nprobe, depth). Like Triton's dynamic batcher, optionally
+    `max_queries`), grouped by (k, depth, rerank). Like Triton's dynamic batcher, optionally
     waits `delay_s` for more to arrive. Each collection has one worker thread, so FAISS work of a
     collection is never interleaved and OpenMP threads are not oversubscribed by callers."""
 
@@ -47,9 +47,9 @@ class SearchBatcher:
         self._drain_task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"search-{collection.name}")
 
-    async def search(self, queries: np.ndarray, k: int, nprobe: int, depth: int) -> BatchedResult:
+    async def search(self, queries: np.ndarray, k: int, depth: int, rerank: int) -> BatchedResult:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(queries, k, nprobe, depth, future))
+        self._pending.append(_Pending(queries, k, depth, rerank, future))
         if not self._draining:
             self._draining = True
             # Keep a reference: the event loop holds tasks weakly, a dropped one can be collected
@@ -84,14 +84,14 @@ class SearchBatcher:
     def _run(self, batch: list[_Pending]) -> list[BatchedResult | BaseException]:
         groups: dict[tuple[int, int, int], list[int]] = {}
         for i, p in enumerate(batch):
-            groups.setdefault((p.k, p.nprobe, p.depth), []).append(i)
+            groups.setdefault((p.k, p.depth, p.rerank), []).append(i)
         results: list[BatchedResult | BaseException] = [None] * len(batch)  # type: ignore[list-item]
         name = self.collection.name
-        for (k, nprobe, depth), members in groups.items():
+        for (k, depth, rerank), members in groups.items():
             queries = np.concatenate([batch[i].queries for i in members])
             begin = time.perf_counter()
             try:
-                outcome = self.collection.search(queries, k, nprobe, depth)
+                outcome = self.collection.search(queries, k, depth, rerank)
             except Exception as exc:
                 for i in members:
                     results[i] = exc

@@ -12,6 +12,7 @@ Lock order (never taken the other way round): maintenance -> snapshot -> append 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -25,9 +26,10 @@ import numpy as np
 
 from semsearch.core.collections import CollectionConfig
 from semsearch.core.durable import ensure_dir
-from semsearch.core.errors import InvalidArgument, ResourceExhausted, Unavailable
+from semsearch.core.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.indexer import index_ops, records, search_ops, snapshots
 from services.indexer.items import ItemTable
+from services.indexer.payloads import PayloadStore
 from services.indexer.rebuild import Rebuilds
 from services.indexer.store import VectorStore
 from services.indexer.wal import WriteAheadLog
@@ -47,7 +49,7 @@ class SearchOutcome:
     items: ItemTable  # the table the slots refer to
     generation: int
     index: str
-    nprobe: int
+    depth: int
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Collection(Rebuilds):
         self.search_budget_bytes = search_budget_bytes
         self.min_free_bytes = min_free_bytes
         self.wal = WriteAheadLog(self.directory / "wal", fsync=fsync)
+        self.payloads: PayloadStore | None = None  # opened by load()
         self._append_lock = threading.Lock()
         self._apply = threading.Condition()
         self._index_lock = threading.Lock()
@@ -103,13 +106,15 @@ class Collection(Rebuilds):
         self.items = ItemTable()
         self.index: faiss.Index | None = None  # None: exact search over the raw vectors
         self.factory = ""
-        self.nprobe_table: list[tuple[int, float]] = []
-        self.default_nprobe = 0
+        self.depth_table: list[tuple[int, float]] = []
+        self.default_depth = 0
         self.template_bytes = 0
         self.template_id = ""
         self.generation = 0
         self.lsn = 0
         self.broken: str | None = None
+        self.dropped = False
+        self._writes_in_flight = 0
         # Snapshot and rebuild bookkeeping.
         self.snapshot_lsn = -1
         self.snapshot_generation = -1
@@ -151,6 +156,7 @@ class Collection(Rebuilds):
     def load(self) -> None:
         """Load the published snapshot, replay the log after it, and resume a pending rebuild."""
         ensure_dir(self.directory)
+        self.payloads = PayloadStore(self.directory / "items.sqlite")
         manifest = snapshots.read_current(self.directory)
         if manifest is None:
             self.store.open(0)
@@ -165,7 +171,7 @@ class Collection(Rebuilds):
             if manifest["trained"]:
                 self.index = faiss.read_index(str(snap / "index.faiss"))
                 self._set_index_settings(
-                    manifest["factory"], manifest["nprobe_table"], manifest["template_bytes"]
+                    manifest["factory"], manifest["depth_table"], manifest["template_bytes"]
                 )
                 self.template_id = manifest["template_id"]
             snapshots.remove_unpublished(self.directory, keep=manifest["dir"])
@@ -185,9 +191,9 @@ class Collection(Rebuilds):
 
     def _set_index_settings(self, factory: str, table: list, template_bytes: int) -> None:
         self.factory = factory
-        self.nprobe_table = [(int(n), float(r)) for n, r in table]
+        self.depth_table = [(int(n), float(r)) for n, r in table]
         self.template_bytes = template_bytes
-        self.default_nprobe = index_ops.nprobe_for_recall(self.nprobe_table, self.config.recall_target)
+        self.default_depth = index_ops.depth_for_recall(self.depth_table, self.config.recall_target)
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -200,25 +206,24 @@ class Collection(Rebuilds):
         finite = np.isfinite(vectors).all(axis=1)
         if not finite.all():
             raise InvalidArgument(f"vector {int(np.argmin(finite))} contains NaN or Inf", field)
-        if self.config.normalize == "normalize":
+        if self.config.normalize:
             zero = ~vectors.any(axis=1)
             if zero.any():
                 raise InvalidArgument(f"vector {int(np.argmax(zero))} is all zeros", field)
             vectors = safe_normalize(vectors)
-        elif self.config.normalize == "unit":
-            norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-            if (np.abs(norms - 1) > 1e-3).any():
-                bad = int(np.argmax(np.abs(norms - 1)))
-                raise InvalidArgument(
-                    f"vector {bad} has norm {norms[bad]:.4f}, the collection needs 1", field
-                )
+        elif not np.isfinite(np.einsum("ij,ij->i", vectors, vectors)).all():
+            raise InvalidArgument("values too large: their squares overflow float32", field)
         return np.ascontiguousarray(vectors)
 
     def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, str]]
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict[str, str]],
+        payloads: Sequence[bytes | None] | None = None,
     ) -> tuple[int, int]:
-        """Insert or replace items; durable (fsync'd log) and searchable on return.
-        Returns (lsn, data_version)."""
+        """Insert or replace items (with optional small payloads: thumbnails, texts); durable (fsync'd
+        log) and searchable on return. Returns (lsn, data_version)."""
         if not ids:
             raise InvalidArgument("no items", "items")
         for i, item_id in enumerate(ids):
@@ -236,9 +241,13 @@ class Collection(Rebuilds):
                     f"items[{i}].metadata",
                 )
             metas.append(encoded)
-        record = records.Upsert(list(ids), metas, vectors)
-        lsn = self._log(records.encode(record), reserve_rows=len(ids))
-        self._apply_in_order(lsn, record)
+        payloads = list(payloads) if payloads is not None else [None] * len(ids)
+        if len(payloads) != len(ids):
+            raise InvalidArgument(f"{len(payloads)} payloads for {len(ids)} items", "items.payload")
+        record = records.Upsert(list(ids), metas, vectors, [p or None for p in payloads])
+        with self._write():
+            lsn = self._log(records.encode(record), reserve_rows=len(ids))
+            self._apply_in_order(lsn, record)
         return lsn, lsn + self.generation
 
     def delete(self, ids: Sequence[str]) -> tuple[int, list[str], int, int]:
@@ -246,11 +255,38 @@ class Collection(Rebuilds):
         if not ids:
             raise InvalidArgument("no ids", "ids")
         record = records.Delete(list(dict.fromkeys(ids)))
-        lsn = self._log(records.encode(record), reserve_rows=0)
-        deleted, missing = self._apply_in_order(lsn, record)
+        with self._write():
+            lsn = self._log(records.encode(record), reserve_rows=0)
+            deleted, missing = self._apply_in_order(lsn, record)
         return deleted, missing, lsn, lsn + self.generation
 
+    @contextlib.contextmanager
+    def _write(self):
+        """Count a write in flight (drop() waits for them) and refuse it once the collection is dropped."""
+        with self._apply:
+            if self.dropped:
+                raise NotFound(f"collection {self.name!r} was dropped", "collection")
+            self._writes_in_flight += 1
+        try:
+            yield
+        finally:
+            with self._apply:
+                self._writes_in_flight -= 1
+                self._apply.notify_all()
+
+    def drop(self, timeout_s: float = 60.0) -> None:
+        """Refuse new writes, let the ones in flight finish, stop a rebuild, close everything (the
+        caller deletes the folder)."""
+        with self._apply:
+            self.dropped = True
+            self._apply.wait_for(lambda: self._writes_in_flight == 0, timeout_s)
+        if self._rebuild_thread is not None:
+            self._rebuild_thread.join(timeout_s)
+        self.close()
+
     def _check_writable(self, nbytes: int) -> None:
+        if self.dropped:
+            raise NotFound(f"collection {self.name!r} was dropped", "collection")
         if self.broken:
             raise Unavailable(
                 f"collection {self.name} stopped taking writes on this shard ({self.broken}); "
@@ -298,8 +334,10 @@ class Collection(Rebuilds):
 
     def _apply_in_order(self, lsn: int, record: records.Upsert | records.Delete):
         with self._apply:
-            while self.lsn < lsn - 1 and not self.broken:
+            while self.lsn < lsn - 1 and not self.broken and not self.dropped:
                 self._apply.wait()
+            if self.dropped:
+                raise NotFound(f"collection {self.name!r} was dropped", "collection")
             if self.broken:
                 raise Unavailable(
                     f"collection {self.name} stopped taking writes on this shard ({self.broken})"
@@ -323,31 +361,33 @@ class Collection(Rebuilds):
     def _apply_record(self, record: records.Upsert | records.Delete):
         """Apply one logged record to the store, the index and the item table (apply lock held)."""
         if isinstance(record, records.Delete):
+            self.payloads.remove(record.ids)
             return self.items.remove(record.ids)
         first = self.store.append(record.vectors)
         if self.index is not None:
             with self._index_lock:
-                self.index.add_with_ids(
-                    record.vectors, np.arange(first, first + len(record.ids), dtype=np.int64)
-                )
-        return self.items.add(first, record.ids, record.metadata)
+                index_ops.add(self.index, record.vectors, first)
+        self.payloads.put(record.ids, record.metadata, record.payloads)
+        return self.items.add(first, record.ids)
 
     # --- reads --------------------------------------------------------------------------------
 
-    def resolve_nprobe(self, nprobe: int, recall_target: float) -> int:
+    def resolve_depth(self, depth: int, recall_target: float) -> int:
+        """The search depth (nprobe or efSearch) of a request: as given, from the recall target, or the
+        collection's default."""
         if self.index is None:
             return 0
-        if nprobe:
-            return min(nprobe, index_ops.nlist(self.index))
+        if depth:
+            return min(depth, index_ops.max_depth(self.index))
         if recall_target:
-            return index_ops.nprobe_for_recall(self.nprobe_table, recall_target)
-        return self.default_nprobe
+            return index_ops.depth_for_recall(self.depth_table, recall_target)
+        return self.default_depth
 
-    def check_search_budget(self, k: int, depth: int) -> None:
+    def check_search_budget(self, k: int, rerank: int) -> None:
         """RESOURCE_EXHAUSTED for a query whose candidates alone would exceed the search budget."""
         if self.index is not None:
-            search_ops.check_budget(1, max(depth, k), self.config.dim, self.search_budget_bytes,
-                                    f"k={k} with re-rank depth {max(depth, k)}")  # fmt: skip
+            search_ops.check_budget(1, max(rerank, k), self.config.dim, self.search_budget_bytes,
+                                    f"k={k} with re-rank depth {max(rerank, k)}")  # fmt: skip
 
     def _view(self) -> _View:
         with self._apply:
@@ -355,55 +395,69 @@ class Collection(Rebuilds):
             return _View(self.store, self.items, rows, self.items.packed(), self.items.alive(rows),
                          self.index, self.generation, self.items.count)  # fmt: skip
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int, depth: int) -> SearchOutcome:
-        """Top-k live items of validated queries [q, d]: IVF candidates (dead slots excluded by an id
-        selector) re-ranked exactly against the raw vectors, or an exact scan before training. A query
-        gets k hits whenever the slice holds k live items: lists are probed wider until it does."""
+    def search(self, queries: np.ndarray, k: int, depth: int, rerank: int) -> SearchOutcome:
+        """Top-k live items of validated queries [q, d]: candidates from the index (dead slots excluded
+        by an id selector), `depth` deep (nprobe or efSearch), re-ranked exactly against the raw vectors
+        (`rerank` of them); an exact scan before the index is built. A query gets k hits whenever the
+        slice holds k live items: the index is searched deeper until it does, then scanned exactly."""
         view = self._view()
-        budget = self.search_budget_bytes
         if view.index is None:
-            scores, slots = search_ops.exact_topk(
-                queries, lambda s, e: np.asarray(view.store.view(s, e), dtype=np.float32), view.rows,
-                view.allowed, k, budget)  # fmt: skip
+            scores, slots = self._exact(view, queries, k)
             return SearchOutcome(scores, slots, view.items, view.generation, "exact", 0)
-        depth = max(depth, k)
-        nlist = index_ops.nlist(view.index)
-        scores, slots = self._ivf_search(view, queries, k, nprobe, depth)
+        rerank = max(rerank, k)
+        scores, slots = self._index_search(view, queries, k, depth, rerank)
         wanted = min(k, view.live)
-        probe = nprobe
+        widest = index_ops.max_depth(view.index)
+        deeper = depth
         short = np.nonzero((slots >= 0).sum(axis=1) < wanted)[0]
-        while len(short) and probe < nlist:
-            probe = min(nlist, probe * 2)
-            more_scores, more_slots = self._ivf_search(view, queries[short], k, probe, depth)
-            scores[short], slots[short] = more_scores, more_slots
-            short = short[(more_slots >= 0).sum(axis=1) < wanted]
-        return SearchOutcome(scores, slots, view.items, view.generation, self.factory, nprobe)
+        while len(short) and deeper < widest:
+            deeper = min(widest, deeper * 2)
+            scores[short], slots[short] = self._index_search(view, queries[short], k, deeper, rerank)
+            short = short[(slots[short] >= 0).sum(axis=1) < wanted]
+        if len(short):  # an HNSW graph can strand filtered-out regions: the exact scan always finds them
+            scores[short], slots[short] = self._exact(view, queries[short], k)
+        return SearchOutcome(scores, slots, view.items, view.generation, self.factory, depth)
 
-    def _ivf_search(self, view: _View, queries: np.ndarray, k: int, nprobe: int, depth: int):
-        params = search_ops.search_params(view.index, view.packed, nprobe)
-        step = search_ops.chunks_for(len(queries), depth * self.config.dim * 4, self.search_budget_bytes)
+    def _exact(self, view: _View, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        fetch = lambda s, e: np.asarray(view.store.view(s, e), dtype=np.float32)  # noqa: E731
+        return search_ops.exact_topk(queries, fetch, view.rows, view.allowed, k, self.search_budget_bytes,
+                                     self.config.faiss_l2)  # fmt: skip
+
+    def _index_search(self, view: _View, queries: np.ndarray, k: int, depth: int, rerank: int):
+        params = search_ops.search_params(view.index, view.packed, depth)
+        step = search_ops.chunks_for(len(queries), rerank * self.config.dim * 4, self.search_budget_bytes)
         scores = np.empty((len(queries), k), dtype=np.float32)
         slots = np.empty((len(queries), k), dtype=np.int64)
         for begin in range(0, len(queries), step):
             end = min(begin + step, len(queries))
             with self._index_lock:
-                _, candidates = view.index.search(queries[begin:end], depth, params=params)
+                _, candidates = view.index.search(queries[begin:end], rerank, params=params)
             scores[begin:end], slots[begin:end] = search_ops.rerank(
-                queries[begin:end], candidates, view.store.get, k, self.search_budget_bytes
+                queries[begin:end],
+                candidates,
+                view.store.get,
+                k,
+                self.search_budget_bytes,
+                self.config.faiss_l2,
             )
         return scores, slots
 
-    def get(self, ids: Sequence[str]) -> tuple[list[tuple[str, np.ndarray, dict[str, str]]], list[str]]:
-        """Stored items (id, vector, metadata) and the ids that are not stored."""
+    def get(
+        self, ids: Sequence[str], *, payloads: bool = False
+    ) -> tuple[list[tuple[str, np.ndarray, dict[str, str], bytes | None]], list[str]]:
+        """Stored items (id, vector, metadata, payload when asked) and the ids that are not stored."""
         found, missing = [], []
         with self._apply:
-            for item_id in ids:
-                slot = self.items.slot_of.get(item_id)
-                if slot is None:
-                    missing.append(item_id)
-                else:
-                    _, meta = self.items.item(slot)
-                    found.append((item_id, self.store.get(np.array([slot]))[0], meta))
+            slots = {item_id: self.items.slot_of.get(item_id) for item_id in dict.fromkeys(ids)}
+            present = [i for i, slot in slots.items() if slot is not None]
+            vectors = self.store.get(np.array([slots[i] for i in present], dtype=np.int64))
+        metadata = self.payloads.metadata(present)
+        blobs = self.payloads.payloads(present) if payloads else {}
+        for item_id, slot in slots.items():
+            if slot is None:
+                missing.append(item_id)
+        for item_id, vector in zip(present, vectors):
+            found.append((item_id, vector, metadata.get(item_id, {}), blobs.get(item_id)))
         return found, missing
 
     def sample(self, n: int, seed: int) -> np.ndarray:
@@ -434,10 +488,13 @@ class Collection(Rebuilds):
                     index_bytes = index_ops.serialize(self.index)
             manifest = {
                 "lsn": lsn, "rows": rows, "epoch": self.epoch, "generation": generation,
-                "trained": self.index is not None, "factory": self.factory, "nprobe_table": self.nprobe_table,
+                "trained": self.index is not None, "factory": self.factory, "depth_table": self.depth_table,
                 "template_bytes": self.template_bytes, "template_id": self.template_id,
                 "dim": self.config.dim,
             }  # fmt: skip
+            # Metadata and payloads applied up to `lsn` become durable before the log is cut there (the
+            # payload store's writer is used under this lock only).
+            self.payloads.make_durable(lsn)
         store.flush()  # rows below `rows` never change again, so they can be flushed outside the lock
         snapshots.publish(self.directory, manifest, lambda folder: table.save(folder, rows), index_bytes)
         self.snapshot_lsn, self.snapshot_generation = lsn, generation
@@ -449,6 +506,8 @@ class Collection(Rebuilds):
             self._rebuild_thread.join()
         self.wal.close()
         self.store.close()
+        if self.payloads is not None:
+            self.payloads.close()
 
     # --- sizes --------------------------------------------------------------------------------
 
@@ -457,6 +516,12 @@ class Collection(Rebuilds):
         if self.index is not None:
             return index_ops.index_bytes(self.index, self.template_bytes)
         return 0
+
+    def memory_bytes(self) -> int:
+        """Resident memory of the serving index plus an estimate of the id maps (about 120 bytes a
+        row: the slot's id string, its list pointer and its dictionary entry); raw vectors and
+        payloads stay on disk (memory-mapped or in SQLite) and are not counted."""
+        return self.index_bytes() + 120 * self.items.rows
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from semsearch.core.collections import DEFAULT_COLLECTIONS, CollectionConfig, load_collections
 from semsearch.core.settings import Env
 
 
@@ -17,7 +16,6 @@ class ShardSettings:
     host: str = "127.0.0.1"
     port: int = 7100
     metrics_port: int = 9100
-    collections: tuple[CollectionConfig, ...] = field(default=DEFAULT_COLLECTIONS)
     # Queries per coalesced FAISS call, and how long a batch may wait for more (0: batch only what
     # queued while the previous call ran).
     max_batch_queries: int = 512
@@ -57,7 +55,6 @@ class ShardSettings:
             host=env.str("SEMSEARCH_INDEXER_HOST", "127.0.0.1"),
             port=env.int("SEMSEARCH_INDEXER_PORT", 7100, minimum=0),
             metrics_port=env.int("SEMSEARCH_INDEXER_METRICS_PORT", 9100, minimum=0),
-            collections=load_collections(env.str("SEMSEARCH_COLLECTIONS_FILE")),
             max_batch_queries=env.int("SEMSEARCH_INDEXER_MAX_BATCH", 512, minimum=1),
             batch_delay_ms=env.float("SEMSEARCH_INDEXER_BATCH_DELAY_MS", 0.0, minimum=0),
             snapshot_every_records=env.int("SEMSEARCH_INDEXER_SNAPSHOT_EVERY", 50_000, minimum=1),

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 import numpy as np
 
 from semsearch.core.collections import CollectionConfig
-from semsearch.core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from semsearch.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from semsearch.rpc import CHANNEL_OPTIONS
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import index_ops
@@ -48,7 +48,10 @@ def collection_stats(
             stats = stub.Stats(indexer_pb2.StatsRequest(), timeout=10)
         except grpc.RpcError as exc:
             raise Unavailable(f"shard {i} does not answer ({exc.code().name})") from exc
-        out.append(next(c for c in stats.collections if c.name == name))
+        found = [c for c in stats.collections if c.name == name]
+        if not found:
+            raise Unavailable(f"shard {i} does not serve collection {name!r} yet")
+        out.append(found[0])
     return out
 
 
@@ -57,7 +60,7 @@ def train_collection(
 ) -> dict:
     """Train `config.factory` on a sample drawn from every shard in proportion to its size and install
     it everywhere. Refuses when a shard already holds a template (unless `retrain`). Returns a report
-    (sample size, timings, nprobe table, generations)."""
+    (sample size, timings, depth table, generations)."""
     stubs = [indexer_pb2_grpc.IndexerStub(ch) for ch in channels]
     stats = collection_stats(stubs, config.name)
     if not retrain and any(c.template_id for c in stats):
@@ -78,30 +81,33 @@ def train_collection(
     rng.shuffle(sample)
     queries, train = sample[:HELD_OUT_QUERIES], sample[HELD_OUT_QUERIES:]
     sampled = time.perf_counter()
-    log.info("training %s on %d vectors sampled from %d shards", config.factory, len(train), len(stubs))
-    template = index_ops.train_template(train, config.factory)
+    factory = config.factory_for(total)
+    log.info("training %s on %d vectors sampled from %d shards", factory, len(train), len(stubs))
+    template = index_ops.train_template(train, factory, config.faiss_l2)
     trained = time.perf_counter()
-    table = index_ops.measure_nprobe_table(template, train, queries, config.rerank_depth(10))
+    table = index_ops.measure_depth_table(
+        template, train, queries, config.rerank_depth(10), l2=config.faiss_l2
+    )
     measured = time.perf_counter()
-    log.info("nprobe -> recall@10 (re-rank %d): %s", config.rerank_depth(10), table)
+    log.info("depth -> recall@10 (re-rank %d): %s", config.rerank_depth(10), table)
     request = indexer_pb2.InstallTemplateRequest(
         collection=config.name,
         index=index_ops.serialize(template),
-        factory=config.factory,
+        factory=factory,
         nprobe_table=[indexer_pb2.NprobeRecall(nprobe=n, recall=r) for n, r in table],
     )
     generations = [stub.InstallTemplate(request, timeout=600).next_generation for stub in stubs]
     return {
         "collection": config.name,
-        "factory": config.factory,
+        "factory": factory,
         "vectors": total,
         "train_vectors": len(train),
         "sample_seconds": sampled - begin,
         "train_seconds": trained - sampled,
         "table_seconds": measured - trained,
         "seconds": measured - begin,
-        "nprobe_table": table,
-        "default_nprobe": index_ops.nprobe_for_recall(table, config.recall_target),
+        "depth_table": table,
+        "default_depth": index_ops.depth_for_recall(table, config.recall_target),
         "next_generations": generations,
     }
 
@@ -121,23 +127,35 @@ def wait_for_rebuilds(
 
 
 class AutoTrainer:
-    """Shard 0's training coordinator over all shards (`peers`, in shard order, itself included)."""
+    """Shard 0's training coordinator over all shards (`peers`, in shard order, itself included);
+    `collections()` gives the catalog's current collections."""
 
-    def __init__(self, peers: Sequence[str], collections: Sequence[CollectionConfig]) -> None:
+    def __init__(self, peers: Sequence[str], collections: Callable[[], list[CollectionConfig]]) -> None:
         self.peers = list(peers)
-        self.collections = {c.name: c for c in collections}
+        self.collections = collections
         self._running: set[str] = set()
         self._lock = threading.Lock()
 
+    def _config(self, name: str) -> CollectionConfig:
+        for config in self.collections():
+            if config.name == name:
+                return config
+        raise NotFound(f"unknown collection {name!r}", "collection")
+
     def train(self, name: str, *, retrain: bool = False) -> dict:
         """Train `name` now (blocking; run it off the event loop)."""
+        config = self._config(name)
+        if config.index == "exact":
+            raise FailedPrecondition(
+                f"collection {name} is searched exactly (index kind exact): nothing to train"
+            )
         with self._lock:
             if name in self._running:
                 raise FailedPrecondition(f"collection {name} is being trained already")
             self._running.add(name)
         channels = [grpc.insecure_channel(p, options=TRAIN_CHANNEL_OPTIONS) for p in self.peers]
         try:
-            return train_collection(channels, self.collections[name], retrain=retrain)
+            return train_collection(channels, config, retrain=retrain)
         finally:
             for channel in channels:
                 channel.close()
@@ -149,7 +167,10 @@ class AutoTrainer:
         channels = [grpc.insecure_channel(p, options=CHANNEL_OPTIONS) for p in self.peers]
         try:
             stubs = [indexer_pb2_grpc.IndexerStub(ch) for ch in channels]
-            for name, config in self.collections.items():
+            for config in self.collections():
+                if config.index == "exact":
+                    continue
+                name = config.name
                 try:
                     stats = collection_stats(stubs, name)
                 except Unavailable as exc:
@@ -158,7 +179,7 @@ class AutoTrainer:
                 total = sum(c.count for c in stats)
                 if any(c.template_id for c in stats) or total < config.train_threshold:
                     continue
-                log.info("collection %s reached %d vectors: training %s", name, total, config.factory)
+                log.info("collection %s reached %d vectors: building its index", name, total)
                 try:
                     report = self.train(name)
                     log.info("collection %s: template installed, rebuilding to generations %s", name,

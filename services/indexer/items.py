@@ -1,4 +1,5 @@
-"""Which item lives in which slot: ids and metadata by slot, the slot of every live id, the live mask."""
+"""Which item lives in which slot: the id of every slot, the slot of every live id, the live mask. (Metadata
+and payloads live in the payload store, by id.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ class ItemTable:
 
     def __init__(self) -> None:
         self.ids: list[str] = []
-        self.metadata: list[str | None] = []
         self.slot_of: dict[str, int] = {}
         self._alive = np.zeros(0, dtype=bool)
         self._packed: np.ndarray | None = None
@@ -52,7 +52,7 @@ class ItemTable:
             grown[: len(self._alive)] = self._alive
             self._alive = grown
 
-    def add(self, first: int, ids: Sequence[str], metadata: Sequence[str | None]) -> int:
+    def add(self, first: int, ids: Sequence[str]) -> int:
         """Record items stored at slots first.. first+len(ids); returns how many were new ids."""
         assert first == self.rows, (first, self.rows)
         self._grow(first + len(ids))
@@ -65,7 +65,6 @@ class ItemTable:
                 self._alive[old] = False
             self.slot_of[item_id] = first + offset
         self.ids.extend(ids)
-        self.metadata.extend(metadata)
         self._alive[first : first + len(ids)] = True
         self._packed = None
         return new
@@ -84,17 +83,12 @@ class ItemTable:
             self._packed = None
         return deleted, missing
 
-    def item(self, slot: int) -> tuple[str, dict[str, str]]:
-        meta = self.metadata[slot]
-        return self.ids[slot], (json.loads(meta) if meta else {})
-
     def remapped(self, old_slots: np.ndarray) -> ItemTable:
         """A table whose slot i holds what slot old_slots[i] holds here (a compaction's renumbering);
         old slots that died since they were chosen stay dead."""
         table = ItemTable()
-        ids, metadata = self.ids, self.metadata
+        ids = self.ids
         table.ids = [ids[s] for s in old_slots.tolist()]
-        table.metadata = [metadata[s] for s in old_slots.tolist()]
         table._alive = self._alive[old_slots].copy() if len(old_slots) else np.zeros(0, dtype=bool)
         table.slot_of = {item_id: slot for slot, item_id in enumerate(table.ids) if table._alive[slot]}
         return table
@@ -104,7 +98,6 @@ class ItemTable:
     def save(self, directory: Path, rows: int) -> None:
         """Write slots [0, rows) into `directory` (fsync'd files)."""
         write_file(directory / "ids.json", json.dumps(self.ids[:rows]).encode())
-        write_file(directory / "metadata.json", json.dumps(self.metadata[:rows]).encode())
         with open(directory / "alive.npy", "wb") as f:
             np.save(f, self._alive[:rows])
             f.flush()
@@ -114,7 +107,6 @@ class ItemTable:
         """A frozen copy of slots [0, rows), for writing a snapshot outside the lock."""
         table = ItemTable()
         table.ids = self.ids[:rows]
-        table.metadata = self.metadata[:rows]
         table._alive = self._alive[:rows].copy()
         return table
 
@@ -122,12 +114,11 @@ class ItemTable:
     def load(cls, directory: Path, rows: int) -> ItemTable:
         table = cls()
         table.ids = json.loads((directory / "ids.json").read_text())
-        table.metadata = json.loads((directory / "metadata.json").read_text())
         table._alive = np.load(directory / "alive.npy")
-        if not len(table.ids) == len(table.metadata) == len(table._alive) == rows:
+        if not len(table.ids) == len(table._alive) == rows:
             raise RuntimeError(
-                f"snapshot {directory} is inconsistent: {len(table.ids)} ids, {len(table.metadata)} "
-                f"metadata, {len(table._alive)} slots, manifest says {rows} rows"
+                f"snapshot {directory} is inconsistent: {len(table.ids)} ids, {len(table._alive)} slots, "
+                f"manifest says {rows} rows"
             )
         table.slot_of = {item_id: slot for slot, item_id in enumerate(table.ids) if table._alive[slot]}
         return table

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 SEARCH_SECONDS = Histogram(
@@ -53,3 +55,18 @@ REJECTED = Counter(
     "Requests answered with an error, by code.",
     ["method", "code"],
 )
+
+# Series labelled by collection alone, and the operations WRITES counts.
+_BY_COLLECTION = (SEARCH_SECONDS, BATCH_QUERIES, VECTORS, ROWS, WRITABLE, GENERATION, REBUILD_PROGRESS)
+_BY_COLLECTION += (REBUILD_SECONDS, LOG_BYTES)
+WRITE_OPS = ("upsert", "delete")
+
+
+def forget(collection: str) -> None:
+    """Remove a dropped collection's series, so dashboards stop showing it."""
+    for metric in _BY_COLLECTION:
+        with contextlib.suppress(KeyError):
+            metric.remove(collection)
+    for op in WRITE_OPS:
+        with contextlib.suppress(KeyError):
+            WRITES.remove(collection, op)

@@ -55,10 +55,12 @@ class Rebuilds:
             )
         if not template.is_trained or template.ntotal != 0:
             raise InvalidArgument("template must be trained and empty", "index")
-        if template.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise InvalidArgument("template must use the inner-product metric", "index")
+        if template.metric_type != index_ops.faiss_metric(self.config.faiss_l2):
+            raise InvalidArgument(
+                f"template metric differs from the collection's ({self.config.metric})", "index"
+            )
         if not table:
-            raise InvalidArgument("empty", "nprobe_table")
+            raise InvalidArgument("empty", "depth_table")
         with self._apply:
             atomic_write(self._template_file, data)
             meta = {"factory": factory, "table": table, "id": hashlib.sha256(data).hexdigest()[:16]}
@@ -149,10 +151,14 @@ class Rebuilds:
                  rows)  # fmt: skip
         store.reserve(len(live), exact=True)
         for start in range(0, len(live), REBUILD_CHUNK):
+            if self.dropped:
+                log.info("collection %s dropped: rebuild stopped", self.name)
+                store.path.unlink(missing_ok=True)
+                return
             chunk = self.store.get(live[start : start + REBUILD_CHUNK])
             first = store.append(chunk)
             if index is not None:
-                index.add_with_ids(chunk, np.arange(first, first + len(chunk), dtype=np.int64))
+                index_ops.add(index, chunk, first)
             self.rebuild_progress = 0.9 * min(start + REBUILD_CHUNK, len(live)) / max(len(live), 1)
         if index is not None:
             table = self._measure_table(index, store, len(live)) or table
@@ -167,7 +173,7 @@ class Rebuilds:
                     chunk = self.store.get(tail)
                     first = store.append(chunk)
                     if index is not None:
-                        index.add_with_ids(chunk, np.arange(first, first + len(chunk), dtype=np.int64))
+                        index_ops.add(index, chunk, first)
                 items = self.items.remapped(np.concatenate([live, tail]))
                 old_store = self.store
                 with self._index_lock:
@@ -176,39 +182,40 @@ class Rebuilds:
                         self._set_index_settings(factory, table, len(template_data))
                         self.template_id = template["id"]
                     self.generation += 1
-            log.info("collection %s: generation %d (%s, %d rows, default nprobe %d) swapped in", self.name,
-                     self.generation, self.index_name, items.rows, self.default_nprobe)  # fmt: skip
+            log.info("collection %s: generation %d (%s, %d rows, default depth %d) swapped in", self.name,
+                     self.generation, self.index_name, items.rows, self.default_depth)  # fmt: skip
             self._snapshot_locked()
         old_store.path.unlink(missing_ok=True)  # searches still holding it keep their mapping
 
     def _measure_table(self, index: faiss.Index, store: VectorStore, rows: int, k: int = 10):
-        """recall@k per nprobe of a rebuilt index over its whole slice, with the default re-rank depth,
-        against exact search over the raw vectors; the queries are stored vectors (each left out of its
-        own results). The coordinator's table comes from a training sample, which is denser per list
-        than the full collection and so optimistic. Empty for small slices."""
+        """recall@k per depth (nprobe or efSearch) of a rebuilt index over its whole slice, with the
+        default re-rank depth, against exact search over the raw vectors; the queries are stored vectors
+        (each left out of its own results). The coordinator's table comes from a training sample, which
+        is denser per list than the full collection and so optimistic. Empty for small slices."""
         if rows < TABLE_MIN_VECTORS:
             return []
+        l2 = self.config.faiss_l2
         rng = np.random.default_rng(self.generation + 1)
         slots = np.sort(rng.choice(rows, size=TABLE_QUERIES, replace=False))
         queries = store.get(slots)
         everything = np.ones(rows, dtype=bool)
-        _, truth = search_ops.exact_topk(queries, lambda s, e: store.get(np.arange(s, e)), rows, everything,
-                                         k + 1,
-                                         self.search_budget_bytes)  # fmt: skip
+        fetch_block = lambda s, e: store.get(np.arange(s, e))  # noqa: E731
+        _, truth = search_ops.exact_topk(
+            queries, fetch_block, rows, everything, k + 1, self.search_budget_bytes, l2
+        )
         truth = np.array([[s for s in row if s != q][:k] for row, q in zip(truth, slots)])
-        depth = self.config.rerank_depth(k)
+        rerank = self.config.rerank_depth(k)
         table = []
         packed = search_ops.bitmap(everything)
-        for nprobe in index_ops.NPROBE_CANDIDATES:
-            if nprobe > index_ops.nlist(index):
+        for depth in index_ops.depth_candidates(index):
+            if depth > index_ops.max_depth(index):
                 break
-            _, candidates = index.search(
-                queries, depth + 1, params=search_ops.search_params(index, packed, nprobe)
-            )
-            _, found = search_ops.rerank(queries, candidates, store.get, k + 1, self.search_budget_bytes)
+            params = search_ops.search_params(index, packed, depth)
+            _, candidates = index.search(queries, rerank + 1, params=params)
+            _, found = search_ops.rerank(queries, candidates, store.get, k + 1, self.search_budget_bytes, l2)
             found = np.array([[s for s in row if s != q][:k] for row, q in zip(found, slots)])
-            table.append((nprobe, search_ops.recall_at_k(found, truth, k)))
+            table.append((depth, search_ops.recall_at_k(found, truth, k)))
             if table[-1][1] >= 0.999:
                 break
-        log.info("collection %s: nprobe -> recall@%d on this slice: %s", self.name, k, table)
+        log.info("collection %s: depth -> recall@%d on this slice: %s", self.name, k, table)
         return table

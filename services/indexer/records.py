@@ -1,4 +1,4 @@
-"""Write-ahead log records of a collection: upserts (ids, metadata, vectors) and deletes (ids).
+"""Write-ahead log records of a collection: upserts (ids, metadata, vectors, payloads) and deletes (ids).
 
 Records never name slots: replaying them after a snapshot assigns the same slots again in log order,
 and a compaction may renumber slots without touching the log."""
@@ -20,6 +20,7 @@ class Upsert:
     ids: list[str]
     metadata: list[str | None]  # JSON objects, encoded once at validation
     vectors: np.ndarray  # float32 [n, dim]
+    payloads: list[bytes | None]  # thumbnails, texts
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,10 @@ class Delete:
 def encode(record: Upsert | Delete) -> bytes:
     if isinstance(record, Delete):
         return _DELETE + json.dumps({"ids": record.ids}).encode()
-    header = json.dumps({"ids": record.ids, "metadata": record.metadata}).encode()
-    return _UPSERT + _SIZE.pack(len(header)) + header + np.ascontiguousarray(record.vectors, "<f4").tobytes()
+    sizes = [-1 if p is None else len(p) for p in record.payloads]
+    header = json.dumps({"ids": record.ids, "metadata": record.metadata, "payloads": sizes}).encode()
+    vectors = np.ascontiguousarray(record.vectors, "<f4").tobytes()
+    return b"".join([_UPSERT, _SIZE.pack(len(header)), header, vectors, *(p for p in record.payloads if p)])
 
 
 def decode(payload: bytes, dim: int) -> Upsert | Delete:
@@ -41,6 +44,16 @@ def decode(payload: bytes, dim: int) -> Upsert | Delete:
     if kind == _UPSERT:
         (size,) = _SIZE.unpack_from(payload, 1)
         header = json.loads(payload[5 : 5 + size])
-        vectors = np.frombuffer(payload[5 + size :], dtype="<f4").reshape(-1, dim)
-        return Upsert(header["ids"], header["metadata"], vectors)
+        n = len(header["ids"])
+        start = 5 + size
+        end = start + n * dim * 4
+        vectors = np.frombuffer(payload[start:end], dtype="<f4").reshape(n, dim)
+        payloads: list[bytes | None] = []
+        for length in header["payloads"]:
+            if length < 0:
+                payloads.append(None)
+            else:
+                payloads.append(payload[end : end + length])
+                end += length
+        return Upsert(header["ids"], header["metadata"], vectors, payloads)
     raise ValueError(f"unknown log record kind {kind!r}")

@@ -19,9 +19,10 @@ def bitmap(mask: np.ndarray) -> np.ndarray:
     return np.packbits(mask, bitorder="little")
 
 
-def search_params(index: faiss.Index, packed: np.ndarray, nprobe: int, ef_search: int = 0):
+def search_params(index: faiss.Index, packed: np.ndarray, depth: int):
     """SearchParameters for `index` (IVF, HNSW or flat, optionally behind a pre-transform such as OPQ)
-    that admit only the slots set in `packed`. The caller keeps `packed` alive during the search."""
+    that admit only the slots set in `packed`, searching `depth` deep (nprobe for IVF, efSearch for
+    HNSW). The caller keeps `packed` alive during the search."""
     selector = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
     inner = index
     wrapped = False
@@ -29,9 +30,9 @@ def search_params(index: faiss.Index, packed: np.ndarray, nprobe: int, ef_search
         inner = faiss.downcast_index(index.index)
         wrapped = True
     if isinstance(inner, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF(sel=selector, nprobe=max(1, min(nprobe, inner.nlist)))
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=max(1, min(depth, inner.nlist)))
     elif isinstance(inner, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(ef_search, 16))
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(depth, 16))
     else:
         params = faiss.SearchParameters(sel=selector)
     if wrapped:
@@ -55,6 +56,17 @@ def chunks_for(queries: int, per_query_bytes: int, budget_bytes: int) -> int:
     return max(1, min(queries, budget_bytes // max(per_query_bytes, 1)))
 
 
+def similarity(rows: np.ndarray, queries: np.ndarray, l2: bool) -> np.ndarray:
+    """Scores [n, q] of rows [n, d] against queries [q, d], higher is more similar: inner products, or
+    for L2 minus the squared distances."""
+    scores = rows @ queries.T
+    if l2:
+        scores *= 2
+        scores -= np.einsum("ij,ij->i", rows, rows)[:, None]
+        scores -= np.einsum("ij,ij->i", queries, queries)[None, :]
+    return scores
+
+
 def exact_topk(
     queries: np.ndarray,
     fetch_block: Callable[[int, int], np.ndarray],
@@ -62,10 +74,11 @@ def exact_topk(
     allowed: np.ndarray,
     k: int,
     budget_bytes: int,
+    l2: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k of queries [q, d] over rows [0, rows) whose `allowed[slot]` is true.
-    `fetch_block(start, end)` returns float32 rows [end-start, d]. Returns (scores, slots) [q, k],
-    padded with (-inf, -1)."""
+    """Exact top-k of queries [q, d] over rows [0, rows) whose `allowed[slot]` is true, by inner product
+    or (l2) minus the squared distance. `fetch_block(start, end)` returns float32 rows [end-start, d].
+    Returns (scores, slots) [q, k], padded with (-inf, -1)."""
     q = len(queries)
     best_scores = np.full((q, k), -np.inf, dtype=np.float32)
     best_slots = np.full((q, k), -1, dtype=np.int64)
@@ -75,7 +88,7 @@ def exact_topk(
         mask = allowed[start:end]
         if not mask.any():
             continue
-        scores = fetch_block(start, end) @ queries.T  # [block, q]
+        scores = similarity(fetch_block(start, end), queries, l2)  # [block, q]
         scores[~mask] = -np.inf
         kk = min(k, end - start)
         top = (
@@ -99,9 +112,11 @@ def rerank(
     fetch: Callable[[np.ndarray], np.ndarray],
     k: int,
     budget_bytes: int,
+    l2: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact re-ranking: candidate slots [q, r] (-1 = none) -> (scores, slots) [q, k] by the exact inner
-    product with the raw vectors `fetch(slots [m]) -> [m, d]`, in steps of at most `budget_bytes`."""
+    """Exact re-ranking: candidate slots [q, r] (-1 = none) -> (scores, slots) [q, k] by the exact score
+    (inner product, or for l2 minus the squared distance) against the raw vectors `fetch(slots [m]) ->
+    [m, d]`, in steps of at most `budget_bytes`."""
     q, r = candidates.shape
     out_scores = np.full((q, k), -np.inf, dtype=np.float32)
     out_slots = np.full((q, k), -1, dtype=np.int64)
@@ -119,7 +134,12 @@ def rerank(
             unique, inverse = np.unique(flat, return_inverse=True)
             raw = fetch(unique)
             rows = np.nonzero(valid)[0]
-            scores[valid] = np.einsum("ij,ij->i", raw[inverse], queries[begin:end][rows])
+            picked, against = raw[inverse], queries[begin:end][rows]
+            if l2:
+                difference = picked - against
+                scores[valid] = -np.einsum("ij,ij->i", difference, difference)
+            else:
+                scores[valid] = np.einsum("ij,ij->i", picked, against)
         kk = min(k, r)
         top = (
             np.argpartition(-scores, kk - 1, axis=1)[:, :kk]

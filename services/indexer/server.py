@@ -13,13 +13,13 @@ from semsearch.rpc import ErrorMappingInterceptor, method_names, serve, server_o
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import metrics
 from services.indexer.config import ShardSettings
-from services.indexer.servicer import IndexerServicer
+from services.indexer.servicer import CatalogSync, IndexerServicer
 from services.indexer.shard import Shard
 
 log = logging.getLogger(__name__)
 
 
-def build_server(settings: ShardSettings, shard: Shard) -> grpc.aio.Server:
+def build_server(settings: ShardSettings, shard: Shard, sync: CatalogSync) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=[
             ErrorMappingInterceptor(
@@ -30,7 +30,7 @@ def build_server(settings: ShardSettings, shard: Shard) -> grpc.aio.Server:
         ],
         options=server_options(settings.max_message_bytes),
     )
-    indexer_pb2_grpc.add_IndexerServicer_to_server(IndexerServicer(shard, settings), server)
+    indexer_pb2_grpc.add_IndexerServicer_to_server(IndexerServicer(shard, settings, sync), server)
     return server
 
 
@@ -39,15 +39,19 @@ async def run(settings: ShardSettings) -> None:
     # One writer per data directory: a second process on it exits here, before reading anything.
     lock = DirectoryLock(settings.data_dir, "indexer shard").acquire()
     shard = Shard(settings)
-    server = build_server(settings, shard)
+    sync = CatalogSync(shard, settings)
+    server = build_server(settings, shard, sync)
     start_http_server(settings.metrics_port, addr=settings.host)
     loop = asyncio.get_running_loop()
     maintenance: list[asyncio.Task] = []
 
     async def load() -> None:
         await loop.run_in_executor(None, shard.load)
+        # A shard that was down while collections were created or dropped converges before it serves.
+        await sync.pull()
         maintenance.append(asyncio.create_task(shard.run_maintenance()))
         maintenance.append(asyncio.create_task(shard.run_auto_train()))
+        maintenance.append(asyncio.create_task(sync.run()))
 
     async def close() -> None:
         for task in maintenance:
@@ -56,9 +60,10 @@ async def run(settings: ShardSettings) -> None:
 
     service = indexer_pb2.DESCRIPTOR.services_by_name["Indexer"].full_name
     log.info(
-        "shard %d/%d, data %s, collections %s, metrics on :%d",
+        "shard %d/%d, data %s, collections %s, catalog %s, metrics on :%d",
         settings.shard, settings.num_shards, settings.data_dir,
-        ", ".join(c.name for c in settings.collections), settings.metrics_port,
+        ", ".join(sorted(shard.catalog.entries)) or "none",
+        "owned here" if shard.owner else f"kept by shard 0 ({settings.peers[0]})", settings.metrics_port,
     )  # fmt: skip
 
     async def ready() -> bool:

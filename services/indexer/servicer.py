@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from functools import partial
 
 import grpc
 import numpy as np
 
-from semsearch.core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from semsearch.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from semsearch.core.routing import shard_for
+from semsearch.rpc import CHANNEL_OPTIONS
+from semsearch.specs import config_from_spec, spec_from_config
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer import metrics
-from services.indexer.collection import MAX_K
+from services.indexer.catalog import Catalog, Entry
+from services.indexer.collection import MAX_K, Collection
 from services.indexer.config import ShardSettings
 from services.indexer.shard import Shard
 
+log = logging.getLogger(__name__)
+
 DEFAULT_K = 10
 MAX_RERANK = 20_000
+MAX_PAYLOAD_BYTES = 64 * 1024
 SAMPLE_CHUNK_BYTES = 2 * 1024 * 1024  # under gRPC's default 4 MB receive limit
+# A shard that does not know a collection asks the owner at most this often.
+PULL_ON_MISS_INTERVAL_S = 0.5
 
 
 def vectors_from(messages, dim: int, field: str) -> np.ndarray:
@@ -29,18 +39,98 @@ def vectors_from(messages, dim: int, field: str) -> np.ndarray:
     return np.array([v.values for v in messages], dtype=np.float32).reshape(len(messages), dim)
 
 
+def catalog_message(catalog: Catalog) -> indexer_pb2.CatalogMessage:
+    return indexer_pb2.CatalogMessage(
+        version=catalog.version,
+        collections=[
+            indexer_pb2.CatalogEntry(spec=spec_from_config(e.config), incarnation=e.incarnation)
+            for e in catalog.entries.values()
+        ],
+    )
+
+
+def catalog_from(message: indexer_pb2.CatalogMessage) -> Catalog:
+    entries = {}
+    for item in message.collections:
+        config = config_from_spec(item.spec)
+        entries[config.name] = Entry(config, item.incarnation)
+    return Catalog(message.version, entries)
+
+
+class CatalogSync:
+    """Keeps a shard's catalog in step with the owner's: the owner pushes after a change, the others pull
+    at start, every `interval_s` and when asked for a collection they do not know."""
+
+    def __init__(self, shard: Shard, settings: ShardSettings, interval_s: float = 2.0) -> None:
+        self.shard = shard
+        self.interval_s = interval_s
+        self.me = f"{settings.host}:{settings.port}"
+        peers = list(settings.peers)
+        self.owner_address = peers[0] if peers and not shard.owner else None
+        self.followers = [p for i, p in enumerate(peers) if i != settings.shard] if shard.owner else []
+        self._last_pull = 0.0
+
+    async def pull(self) -> bool:
+        """Apply the owner's catalog if newer; False when the owner does not answer."""
+        if self.owner_address is None:
+            return True
+        self._last_pull = time.monotonic()
+        try:
+            async with grpc.aio.insecure_channel(self.owner_address, options=CHANNEL_OPTIONS) as channel:
+                message = await indexer_pb2_grpc.IndexerStub(channel).GetCatalog(
+                    indexer_pb2.CatalogRequest(), timeout=5
+                )
+        except grpc.aio.AioRpcError as exc:
+            log.debug("catalog pull from shard 0 failed: %s", exc.code().name)
+            return False
+        await asyncio.get_running_loop().run_in_executor(None, self.shard.apply, catalog_from(message))
+        return True
+
+    async def pull_on_miss(self) -> None:
+        if self.owner_address and time.monotonic() - self._last_pull >= PULL_ON_MISS_INTERVAL_S:
+            await self.pull()
+
+    async def push(self) -> None:
+        """Send the owner's catalog to every follower now (best effort: one that is down pulls later)."""
+        message = catalog_message(self.shard.catalog)
+
+        async def send(address: str) -> None:
+            try:
+                async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+                    await indexer_pb2_grpc.IndexerStub(channel).SyncCatalog(message, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                log.info(
+                    "catalog push to %s failed (%s): it catches up when it answers", address, exc.code().name
+                )
+
+        await asyncio.gather(*(send(a) for a in self.followers))
+
+    async def run(self) -> None:
+        """Followers: pull until cancelled."""
+        if self.owner_address is None:
+            return
+        while True:
+            await self.pull()
+            await asyncio.sleep(self.interval_s)
+
+
 class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
-    def __init__(self, shard: Shard, settings: ShardSettings) -> None:
+    def __init__(self, shard: Shard, settings: ShardSettings, sync: CatalogSync) -> None:
         self.shard = shard
         self.settings = settings
+        self.sync = sync
 
     async def _blocking(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
 
-    def _ready_collection(self, name: str):
+    async def _collection(self, name: str) -> Collection:
         if not self.shard.loaded:
             raise Unavailable("shard is loading its data, retry shortly")
-        return self.shard.collection(name)
+        try:
+            return self.shard.collection(name)
+        except NotFound:
+            await self.sync.pull_on_miss()  # created while this shard was down, or just now
+            return self.shard.collection(name)
 
     def _check_route(self, request) -> None:
         """A request routed for another shard number or count means the caller's shard list is wrong."""
@@ -54,9 +144,9 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
                 "or stale"
             )
 
-    def _routed(self, request):
+    async def _routed(self, request) -> Collection:
         """The collection of a routed request, checked for readiness and route."""
-        collection = self._ready_collection(request.collection)
+        collection = await self._collection(request.collection)
         self._check_route(request)
         return collection
 
@@ -66,10 +156,12 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
                 f"{n} entries, more than the limit of {self.settings.max_request_items}", field
             )
 
+    # --- items ----------------------------------------------------------------------------------------
+
     async def Upsert(
         self, request: indexer_pb2.ShardUpsertRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.WriteResponse:
-        collection = self._routed(request)
+        collection = await self._routed(request)
         self._check_size(len(request.items), "items")
         if not request.items:
             raise InvalidArgument("no items", "items")
@@ -78,6 +170,10 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             if len(item.vector.values) != dim:
                 raise InvalidArgument(
                     f"expected {dim} values, got {len(item.vector.values)}", f"items[{i}].vector"
+                )
+            if len(item.payload) > MAX_PAYLOAD_BYTES:
+                raise InvalidArgument(
+                    f"{len(item.payload)} bytes, at most {MAX_PAYLOAD_BYTES}", f"items[{i}].payload"
                 )
             if (
                 request.HasField("route")
@@ -94,7 +190,8 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             vectors = vectors_from([item.vector for item in request.items], dim, "items.vector")
             ids = [item.id for item in request.items]
             metadata = [dict(item.metadata) for item in request.items]
-            return collection.upsert(ids, vectors, metadata)
+            payloads = [item.payload or None for item in request.items]
+            return collection.upsert(ids, vectors, metadata, payloads)
 
         lsn, version = await self._blocking(write)
         metrics.WRITES.labels(collection.name, "upsert").inc(len(request.items))
@@ -103,7 +200,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     async def Delete(
         self, request: indexer_pb2.ShardDeleteRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.WriteResponse:
-        collection = self._routed(request)
+        collection = await self._routed(request)
         self._check_size(len(request.ids), "ids")
         count, missing, lsn, version = await self._blocking(collection.delete, list(request.ids))
         metrics.WRITES.labels(collection.name, "delete").inc(count)
@@ -112,7 +209,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     async def Search(
         self, request: indexer_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.ShardSearchResponse:
-        collection = self._routed(request)
+        collection = await self._routed(request)
         self._check_size(len(request.queries), "queries")
         self._check_size(len(request.exclude_ids), "exclude_ids")
         k = request.k or DEFAULT_K
@@ -122,7 +219,6 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             raise InvalidArgument(f"must be in (0, 1], got {request.recall_target}", "recall_target")
         if request.nprobe > 65_536:
             raise InvalidArgument(f"must be <= 65536, got {request.nprobe}", "nprobe")
-        depth = request.rerank or collection.config.rerank_depth(k)
         if request.rerank and not k <= request.rerank <= MAX_RERANK:
             raise InvalidArgument(f"must be in [k={k}, {MAX_RERANK}], got {request.rerank}", "rerank")
         if not request.queries:
@@ -133,43 +229,90 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         exclude = set(request.exclude_ids)
         # Excluded items may be among the nearest: fetch enough that k others remain.
         fetch_k = k + len(exclude)
-        collection.check_search_budget(fetch_k, max(depth, fetch_k))
-        nprobe = collection.resolve_nprobe(request.nprobe, request.recall_target)
-        result = await self.shard.batchers[collection.name].search(
-            queries, fetch_k, nprobe, max(depth, fetch_k)
-        )
+        rerank = max(request.rerank or collection.config.rerank_depth(k), fetch_k)
+        collection.check_search_budget(fetch_k, rerank)
+        depth = collection.resolve_depth(request.nprobe, request.recall_target)
+        result = await self.shard.batchers[collection.name].search(queries, fetch_k, depth, rerank)
         outcome = result.outcome
         response = indexer_pb2.ShardSearchResponse(
             generation=outcome.generation,
             data_version=collection.data_version,
             index=outcome.index,
-            nprobe=outcome.nprobe,
+            nprobe=outcome.depth,
             batch_size=result.batch_queries,
         )
+        rows = []
         for row in range(result.start, result.end):
-            hits = response.results.add().hits
+            hits = []
             for score, slot in zip(outcome.scores[row].tolist(), outcome.slots[row].tolist()):
                 if slot < 0 or len(hits) == k:
                     break
-                item_id, meta = outcome.items.item(slot)
+                item_id = outcome.items.ids[slot]
                 if item_id not in exclude:
-                    hits.add(id=item_id, score=score, metadata=meta)
+                    hits.append((item_id, score))
+            rows.append(hits)
+        ids = list({item_id for hits in rows for item_id, _ in hits})
+        metadata = collection.payloads.metadata(ids)
+        blobs = collection.payloads.payloads(ids) if request.include_payloads else {}
+        for hits in rows:
+            results = response.results.add().hits
+            for item_id, score in hits:
+                results.add(
+                    id=item_id,
+                    score=score,
+                    metadata=metadata.get(item_id, {}),
+                    payload=blobs.get(item_id, b""),
+                )
         return response
 
     async def Get(
         self, request: indexer_pb2.ShardGetRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.ShardGetResponse:
-        collection = self._routed(request)
+        collection = await self._routed(request)
         self._check_size(len(request.ids), "ids")
         if not request.ids:
             raise InvalidArgument("no ids", "ids")
-        found, missing = collection.get(list(request.ids))
+        found, missing = await self._blocking(
+            partial(collection.get, list(request.ids), payloads=request.include_payloads)
+        )
         response = indexer_pb2.ShardGetResponse(missing=missing)
-        for item_id, vector, meta in found:
-            item = response.items.add(id=item_id, metadata=meta)
+        for item_id, vector, meta, payload in found:
+            item = response.items.add(id=item_id, metadata=meta, payload=payload or b"")
             if request.include_vectors:
                 item.vector.values.extend(vector.tolist())
         return response
+
+    # --- collections ----------------------------------------------------------------------------------
+
+    async def CreateCollection(
+        self, request: indexer_pb2.ShardCreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.CatalogMessage:
+        config = config_from_spec(request.spec)
+        if await self._blocking(self.shard.create, config):
+            await self.sync.push()
+        return catalog_message(self.shard.catalog)
+
+    async def DropCollection(
+        self, request: indexer_pb2.ShardDropCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.CatalogMessage:
+        await self._blocking(self.shard.drop, request.name)
+        await self.sync.push()
+        return catalog_message(self.shard.catalog)
+
+    async def GetCatalog(
+        self, request: indexer_pb2.CatalogRequest, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.CatalogMessage:
+        return catalog_message(self.shard.catalog)
+
+    async def SyncCatalog(
+        self, request: indexer_pb2.CatalogMessage, context: grpc.aio.ServicerContext
+    ) -> indexer_pb2.CatalogMessage:
+        if self.shard.owner:
+            raise FailedPrecondition(f"shard {self.settings.shard} owns its catalog")
+        if not self.shard.loaded:
+            raise Unavailable("shard is loading its data, retry shortly")
+        await self._blocking(self.shard.apply, catalog_from(request))
+        return catalog_message(self.shard.catalog)
 
     async def Stats(
         self, request: indexer_pb2.StatsRequest, context: grpc.aio.ServicerContext
@@ -178,16 +321,17 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             shard=self.settings.shard,
             num_shards=self.settings.num_shards,
             disk_free_bytes=self.shard.disk_free(),
+            catalog_version=self.shard.catalog.version,
         )
-        for c in self.shard.collections.values():
-            loaded = self.shard.loaded
+        loaded = self.shard.loaded
+        for c in list(self.shard.collections.values()):
             response.collections.add(
                 name=c.name,
                 dim=c.config.dim,
                 count=c.count,
                 generation=c.generation,
                 index=c.index_name,
-                factory=c.config.factory,
+                factory=c.factory,
                 data_version=c.data_version,
                 lsn=c.lsn,
                 rebuild_progress=c.rebuild_progress if c.rebuilding else 0.0,
@@ -199,11 +343,15 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
                 broken=c.broken or "",
                 rebuild_failures=c.rebuild_failures,
                 template_id=c.installed_template_id if loaded else "",
+                memory_bytes=c.memory_bytes() if loaded else 0,
+                metric=c.config.metric,
             )
         return response
 
+    # --- index lifecycle ------------------------------------------------------------------------------
+
     async def Sample(self, request: indexer_pb2.SampleRequest, context: grpc.aio.ServicerContext):
-        collection = self._ready_collection(request.collection)
+        collection = await self._collection(request.collection)
         if request.n < 1:
             raise InvalidArgument("must be >= 1", "n")
         sample = await self._blocking(collection.sample, request.n, request.seed)
@@ -215,7 +363,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     async def InstallTemplate(
         self, request: indexer_pb2.InstallTemplateRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.InstallTemplateResponse:
-        collection = self._ready_collection(request.collection)
+        collection = await self._collection(request.collection)
         table = [(e.nprobe, e.recall) for e in request.nprobe_table]
         generation = await self._blocking(collection.install_template, request.index, request.factory, table)
         return indexer_pb2.InstallTemplateResponse(next_generation=generation)
@@ -231,7 +379,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     async def Train(
         self, request: indexer_pb2.TrainRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.TrainResponse:
-        self._ready_collection(request.collection)
+        await self._collection(request.collection)
         trainer = self.shard.trainer
         if trainer is None:
             raise FailedPrecondition(
@@ -243,14 +391,14 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             vectors=report["vectors"],
             train_vectors=report["train_vectors"],
             seconds=report["seconds"],
-            default_nprobe=report["default_nprobe"],
+            default_nprobe=report["default_depth"],
             next_generations=report["next_generations"],
-            nprobe_table=[indexer_pb2.NprobeRecall(nprobe=n, recall=r) for n, r in report["nprobe_table"]],
+            nprobe_table=[indexer_pb2.NprobeRecall(nprobe=n, recall=r) for n, r in report["depth_table"]],
         )
 
     async def Compact(
         self, request: indexer_pb2.CompactRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.CompactResponse:
-        collection = self._ready_collection(request.collection)
+        collection = await self._collection(request.collection)
         await self._blocking(collection.compact)
         return indexer_pb2.CompactResponse(generation=collection.generation, rows=collection.items.rows)

@@ -14,6 +14,7 @@ from semsearch.client import Item, SemsearchClient
 from semsearch.datasets import fashion_mnist, fortunes
 from semsearch.rpc import health_serving
 from semsearch.tools.stack import GATEWAY_SERVICE, Stack
+from tests.conftest import create_demo_collections
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +24,7 @@ N_TEXTS = 200
 
 
 def load(client: SemsearchClient) -> None:
+    create_demo_collections(client)
     images = fashion_mnist("test")
     response = client.upsert(
         "images",
@@ -40,11 +42,10 @@ def load(client: SemsearchClient) -> None:
 
 @pytest.fixture(scope="module")
 def stack(model_repository, tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("stack"), model_repository, num_shards=2).start()
-    with SemsearchClient(stack.gateway_address) as client:
-        load(client)
-    yield stack
-    stack.stop()
+    with Stack(tmp_path_factory.mktemp("stack"), model_repository, num_shards=2).start() as stack:
+        with SemsearchClient(stack.gateway_address) as client:
+            load(client)
+        yield stack
 
 
 @pytest.fixture
@@ -55,11 +56,10 @@ def client(stack):
 
 @pytest.fixture
 def fresh_stack(model_repository, tmp_path):
-    stack = Stack(tmp_path / "stack", model_repository, num_shards=2).start()
-    with SemsearchClient(stack.gateway_address) as client:
-        load(client)
-    yield stack
-    stack.stop()
+    with Stack(tmp_path / "stack", model_repository, num_shards=2).start() as stack:
+        with SemsearchClient(stack.gateway_address) as client:
+            load(client)
+        yield stack
 
 
 def labels_of(response) -> list[str]:
@@ -247,6 +247,7 @@ def test_api_key_required_when_configured(model_repository, tmp_path):
                 wrong.search("texts", text="x")
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with SemsearchClient(stack.gateway_address, api_key=KEY2) as keyed:
+            create_demo_collections(keyed)
             assert {c.name for c in keyed.collections()} == {"images", "texts"}
     finally:
         stack.stop()

@@ -18,6 +18,7 @@ from semsearch.client import Item, SemsearchClient
 from semsearch.procs import free_port
 from semsearch.rpc import health_serving
 from semsearch.tools.stack import GATEWAY_SERVICE, Stack
+from tests.conftest import create_demo_collections
 
 pytestmark = pytest.mark.integration
 
@@ -64,11 +65,11 @@ def tls(tmp_path_factory):
 def stack(model_repository, tmp_path_factory, tls):
     _ca, cert, key = tls
     env = {"SEMSEARCH_API_KEYS": KEY, "SEMSEARCH_TLS_CERT": str(cert), "SEMSEARCH_TLS_KEY": str(key)}
-    stack = Stack(
-        tmp_path_factory.mktemp("secure") / "stack", model_repository, num_shards=2, env=env
-    ).start()
-    yield stack
-    stack.stop()
+    home = tmp_path_factory.mktemp("secure") / "stack"
+    with Stack(home, model_repository, num_shards=2, env=env).start() as stack:
+        with SemsearchClient(stack.gateway_address, api_key=KEY, tls_ca=tls[0]) as client:
+            create_demo_collections(client)
+        yield stack
 
 
 def raw_call(channel: grpc.Channel, method: str, streaming: bool, metadata=()) -> grpc.StatusCode:

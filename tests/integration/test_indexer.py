@@ -16,10 +16,12 @@ import pytest
 from semsearch.core.collections import CollectionConfig
 from semsearch.core.merge import merge_topk
 from semsearch.core.routing import shard_for
-from semsearch.tools.launch import ShardProcess, health_serving
+from semsearch.rpc import health_serving
+from semsearch.tools.launch import ShardProcess
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
 from services.indexer import index_ops, search_ops
 from services.indexer.coordinator import train_collection, wait_for_rebuilds
+from tests.conftest import collection_dir
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +127,7 @@ def test_recall_after_training_meets_floor(shards):
     assert response.generation == 1 and response.index == "IVF64,PQ16"
     found = np.array([[int(i[1:]) for i in r] for r in ids_of(response)])
     recall = search_ops.recall_at_k(found, truth)
-    assert recall >= 0.93, (recall, report["nprobe_table"])
+    assert recall >= 0.93, (recall, report["depth_table"])
     exhaustive = search(stub, queries, nprobe=64, rerank=400)
     found = np.array([[int(i[1:]) for i in r] for r in ids_of(exhaustive)])
     assert search_ops.recall_at_k(found, truth) >= 0.99
@@ -191,7 +193,7 @@ def test_sigkill_loses_no_acknowledged_write_and_torn_tail_is_skipped(shards):
     thread.join(10)
     assert len(acked) >= 40
     # A torn record at the end of the log, as a crash in the middle of a write leaves it.
-    wal_dir = shard.data_dir / "docs" / "wal"
+    wal_dir = collection_dir(shard.data_dir, "docs") / "wal"
     last = sorted(wal_dir.glob("wal-*.log"))[-1]
     with open(last, "ab") as f:
         f.write(b"SWAL\x00\x10\x00\x00partial-record")

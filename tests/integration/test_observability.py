@@ -15,6 +15,7 @@ import pytest
 
 from semsearch.client import Item, SemsearchClient
 from semsearch.tools.stack import Stack
+from tests.conftest import create_demo_collections
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,9 +43,10 @@ def get_json(url: str) -> dict:
 def observed_stack(model_repository, tmp_path):
     if shutil.which("promtool") is None or shutil.which("prometheus") is None:
         pytest.fail("promtool/prometheus missing: scripts/setup.sh installs the Debian package prometheus")
-    stack = Stack(tmp_path / "stack", model_repository, num_shards=1, with_prometheus=True).start()
-    yield stack
-    stack.stop()
+    with Stack(tmp_path / "stack", model_repository, num_shards=1, with_prometheus=True).start() as stack:
+        with SemsearchClient(stack.gateway_address) as client:
+            create_demo_collections(client)
+        yield stack
 
 
 def test_live_metrics_and_dashboard_query(observed_stack):

@@ -6,6 +6,7 @@ seeded moment; a new shard on what a disk would hold after the cut must have eve
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 import os
 import threading
@@ -21,6 +22,7 @@ from semsearch.core.collections import CollectionConfig
 from semsearch.tools.launch import ShardProcess
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
 from services.indexer.wal import segment_name
+from tests.conftest import collection_dir
 from tests.powercut import PowerCutFS
 
 pytestmark = [
@@ -45,8 +47,19 @@ def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def upsert_request(ids: list[str], vectors: np.ndarray) -> indexer_pb2.ShardUpsertRequest:
-    items = [common_pb2.Item(id=i, vector=common_pb2.Vector(values=v)) for i, v in zip(ids, vectors)]
+    """Each item's metadata and payload are derived from its vector, so a reader can tell whether the
+    three agree."""
+    items = [
+        common_pb2.Item(
+            id=i, vector=common_pb2.Vector(values=v), metadata={"digest": digest(v)}, payload=v.tobytes()
+        )
+        for i, v in zip(ids, vectors)
+    ]
     return indexer_pb2.ShardUpsertRequest(collection="docs", items=items)
+
+
+def digest(vector: np.ndarray) -> str:
+    return hashlib.blake2b(np.asarray(vector, dtype=np.float32).tobytes(), digest_size=8).hexdigest()
 
 
 class Gate:
@@ -140,13 +153,23 @@ def tree(folder: Path) -> str:
 
 
 def get_all(stub, ids: list[str]) -> dict[str, np.ndarray]:
+    """The vectors of the stored ids among `ids`; each item's metadata and payload must belong to it."""
     found = {}
     for start in range(0, len(ids), 1000):
         request = indexer_pb2.ShardGetRequest(
-            collection="docs", ids=ids[start : start + 1000], include_vectors=True
+            collection="docs", ids=ids[start : start + 1000], include_vectors=True, include_payloads=True
         )
         for item in stub.Get(request, timeout=30).items:
-            found[item.id] = np.array(item.vector.values, dtype=np.float32)
+            vector = np.array(item.vector.values, dtype=np.float32)
+            # The payload is the vector as sent (the shard re-normalises: the last bit may differ).
+            sent = np.frombuffer(item.payload, dtype=np.float32)
+            assert item.metadata["digest"] == digest(sent), (
+                f"{item.id}: metadata lost or from another write than the payload"
+            )
+            assert sent.shape == vector.shape and np.allclose(sent, vector, atol=1e-6), (
+                f"{item.id}: payload of another write than the vector"
+            )
+            found[item.id] = vector
     return found
 
 
@@ -272,7 +295,9 @@ def test_power_cut_keeps_every_acknowledged_write(tmp_path, cleanup, seed):
     report = fs.cut(tmp_path / "cut")  # ...and only what was durable survives
     fs.unmount()
     durable = tree(tmp_path / "cut")
-    live_segments = sorted(p.name for p in (tmp_path / "backing" / "docs" / "wal").glob("wal-*.log"))
+    live_segments = sorted(
+        p.name for p in (collection_dir(tmp_path / "backing", "docs") / "wal").glob("wal-*.log")
+    )
 
     assert not report["internal_errors"], report["internal_errors"]
     for k, ledger in enumerate(ledgers):
@@ -325,3 +350,37 @@ def test_power_cut_keeps_every_acknowledged_write(tmp_path, cleanup, seed):
     assert all(same(found.get(i), v) for i, v in zip(ids, vectors))
     assert stub.Stats(indexer_pb2.StatsRequest(), timeout=10).collections[0].count == len(present) + BATCH
     channel.close()
+
+
+def test_a_cut_right_after_a_snapshot_keeps_metadata_and_payloads(tmp_path, cleanup):
+    """The snapshot truncates the log, so from then on the payload store alone holds the items' metadata
+    and payloads: the snapshot must have made them durable (not only committed) before it published."""
+    shards, mounts = cleanup
+    fs = PowerCutFS(tmp_path / "backing", tmp_path / "mnt")
+    mounts.append(fs.mount())
+    shard = ShardProcess(0, 1, tmp_path / "mnt", collections=[CONFIG], env=ENV)
+    shards.append(shard.start())
+    rng = np.random.default_rng(5)
+    ids, vectors = [f"item-{i}" for i in range(300)], unit_vectors(rng, 300)
+    with grpc.insecure_channel(shard.address) as channel:
+        stub = indexer_pb2_grpc.IndexerStub(channel)
+        for start in range(0, len(ids), BATCH):
+            stub.Upsert(
+                upsert_request(ids[start : start + BATCH], vectors[start : start + BATCH]), timeout=30
+            )
+        stub.Snapshot(indexer_pb2.SnapshotRequest(), timeout=30)
+    live_segments = sorted(
+        p.name for p in (collection_dir(tmp_path / "backing", "docs") / "wal").glob("*.log")
+    )
+    assert segment_name(1) not in live_segments, live_segments  # the log no longer holds these writes
+    shard.kill()
+    report = fs.cut(tmp_path / "cut")
+    fs.unmount()
+    assert not report["internal_errors"], report["internal_errors"]
+
+    restarted = ShardProcess(0, 1, tmp_path / "cut", collections=[CONFIG], env=ENV)
+    shards.append(restarted.start())
+    with grpc.insecure_channel(restarted.address) as channel:
+        present = get_all(indexer_pb2_grpc.IndexerStub(channel), ids)
+    assert sorted(present) == sorted(ids)
+    assert all(same(present[i], v) for i, v in zip(ids, vectors))

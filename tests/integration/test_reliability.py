@@ -3,7 +3,6 @@ vector overflow."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import grpc
@@ -11,29 +10,19 @@ import numpy as np
 import pytest
 
 from semsearch.client import Item, SemsearchClient
+from semsearch.core.collections import CollectionConfig
 from semsearch.datasets import fashion_mnist, fortunes
 from semsearch.tools.stack import Stack
 from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
 from services.indexer.coordinator import train_collection, wait_for_rebuilds
+from tests.conftest import create_demo_collections
 
 pytestmark = pytest.mark.integration
 
 VEC_DIM = 32
-AUTO = {
-    "name": "auto",
-    "dim": VEC_DIM,
-    "factory": "IVF16,PQ8",
-    "train_threshold": 3_000,
-    "train_sample": 3_000,
-}
-VECS = {
-    "name": "vecs",
-    "dim": VEC_DIM,
-    "factory": "IVF32,PQ8",
-    "train_threshold": 10_000_000,  # trained explicitly below, never by the gateway
-    "train_sample": 4_000,
-    "rerank_min": 40,
-}
+AUTO = {"name": "auto", "dim": VEC_DIM, "factory": "IVF16,PQ8", "exact_until": 3_000}
+# Trained explicitly below, never automatically.
+VECS = {"name": "vecs", "dim": VEC_DIM, "factory": "IVF32,PQ8", "exact_until": 10_000_000}
 
 
 def clustered(n: int, seed: int) -> np.ndarray:
@@ -46,33 +35,19 @@ def clustered(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def stack(model_repository, tmp_path_factory):
     home = tmp_path_factory.mktemp("reliability")
-    collections = home / "collections.json"
-    collections.write_text(
-        json.dumps(
-            [
-                {"name": "images", "dim": 1280, "factory": "IVF1024,PQ64", "model": "efficientnet_lite0"},
-                {"name": "texts", "dim": 384, "factory": "IVF1024,PQ48", "model": "minilm_l6"},
-                VECS,
-                AUTO,
-            ]
-        )
-    )
-    stack = Stack(
-        home / "stack",
-        model_repository,
-        num_shards=2,
-        collections_file=collections,
-        env={"SEMSEARCH_AUTO_TRAIN_INTERVAL_S": "1"},
-    ).start()
-    with SemsearchClient(stack.gateway_address, timeout_s=60) as client:
-        corpus = fortunes()
-        texts = [Item(id=f"t{i}", text=corpus.texts[i * 7]) for i in range(100)]
-        assert client.upsert("texts", texts).succeeded == len(texts)
-        images = fashion_mnist("test")
-        pictures = [Item(id=f"img{i}", image=images.png(i)) for i in range(20)]
-        assert client.upsert("images", pictures).succeeded == len(pictures)
-    yield stack
-    stack.stop()
+    env = {"SEMSEARCH_AUTO_TRAIN_INTERVAL_S": "1"}
+    with Stack(home / "stack", model_repository, num_shards=2, env=env).start() as stack:
+        with SemsearchClient(stack.gateway_address, timeout_s=60) as client:
+            create_demo_collections(client)
+            client.create_collection(**VECS)
+            client.create_collection(**AUTO)
+            corpus = fortunes()
+            texts = [Item(id=f"t{i}", text=corpus.texts[i * 7]) for i in range(100)]
+            assert client.upsert("texts", texts).succeeded == len(texts)
+            images = fashion_mnist("test")
+            pictures = [Item(id=f"img{i}", image=images.png(i)) for i in range(20)]
+            assert client.upsert("images", pictures).succeeded == len(pictures)
+        yield stack
 
 
 @pytest.fixture
@@ -113,9 +88,10 @@ def test_k_hits_come_back_whenever_the_collection_holds_k_items(stack, client):
     by_id = client.search("vecs", id="v0", k=1000, no_cache=True)
     assert len(by_id.hits) == 1000 and "v0" not in {h.id for h in by_id.hits}
     channels = [grpc.insecure_channel(s.address) for s in stack.shards]
-    from semsearch.core.collections import CollectionConfig
-
-    report = train_collection(channels, CollectionConfig(**VECS))
+    config = CollectionConfig(
+        name="vecs", dim=VEC_DIM, factory="IVF32,PQ8", train_sample=4_000, rerank_min=40
+    )
+    report = train_collection(channels, config)
     wait_for_rebuilds(channels, "vecs", report["next_generations"], timeout_s=300)
     response = client.search("vecs", vector=x[1], k=1000, no_cache=True)
     assert set(response.generations.values()) == {1}

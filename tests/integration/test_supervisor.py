@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from semsearch.client import Item, SemsearchClient
+from tests.conftest import create_demo_collections
 
 pytestmark = pytest.mark.integration
 
@@ -81,11 +82,15 @@ def wait_for(condition, timeout: float = 60, interval: float = 0.3):
 @pytest.fixture(scope="module")
 def stack(model_repository, tmp_path_factory):
     home = tmp_path_factory.mktemp("supervised")
-    result = semsearch(home, model_repository, "up", "--shards", "2")
-    assert "gateway" in result.stdout
-    report = status(home, model_repository)
-    yield home, model_repository, report["gateway"]
-    semsearch(home, model_repository, "down", check=False)
+    try:
+        result = semsearch(home, model_repository, "up", "--shards", "2")
+        assert "gateway" in result.stdout
+        report = status(home, model_repository)
+        with SemsearchClient(report["gateway"]) as client:
+            create_demo_collections(client)
+        yield home, model_repository, report["gateway"]
+    finally:
+        semsearch(home, model_repository, "down", check=False)
 
 
 def test_status_reports_every_part_and_the_coverage(stack):
@@ -225,3 +230,25 @@ def test_down_leaves_no_process_behind(model_repository, tmp_path):
     assert "stopped" in result.stdout
     (home / "stack.json").write_text(state)  # only to find redis-server by its port below
     wait_for(lambda: not processes_of(home), timeout=30)
+
+
+def test_a_stack_left_by_an_error_stops_every_part(model_repository, tmp_path):
+    """Test fixtures and tools load data into a fresh stack; when loading fails, `with` stops it."""
+    from semsearch.tools.stack import Stack
+
+    pids: dict[str, int] = {}
+    stack = Stack(tmp_path / "stack", model_repository, num_shards=1)
+    with pytest.raises(RuntimeError, match="loading failed"), stack.start():
+        pids = stack.state().pids
+        raise RuntimeError("loading failed")
+    assert set(pids) >= {"redis", "triton", "gateway", "shard-0"}
+    for pid in pids.values():
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or b"Z" in _state(pid), timeout=30)
+
+
+def _state(pid: int) -> bytes:
+    """The process state letter (Z: a zombie that has exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b"Z"

@@ -47,7 +47,7 @@ def train(collection: Collection) -> None:
     """Install a template trained on the collection's own vectors and rebuild synchronously."""
     sample = collection.sample(5_000, seed=0)
     template = index_ops.train_template(sample, CONFIG.factory)
-    table = index_ops.measure_nprobe_table(template, sample[100:], sample[:100], CONFIG.rerank_depth(10))
+    table = index_ops.measure_depth_table(template, sample[100:], sample[:100], CONFIG.rerank_depth(10))
     collection.install_template(index_ops.serialize(template), CONFIG.factory, table)
     collection._rebuild_thread.join()
     assert collection.trained
@@ -55,7 +55,7 @@ def train(collection: Collection) -> None:
 
 def ids(collection: Collection, query: np.ndarray, k: int = 10, nprobe: int = 0) -> list[str]:
     outcome = collection.search(
-        query[None, :], k, collection.resolve_nprobe(nprobe, 0), CONFIG.rerank_depth(k)
+        query[None, :], k, collection.resolve_depth(nprobe, 0), CONFIG.rerank_depth(k)
     )
     return [outcome.items.ids[s] for s in outcome.slots[0].tolist() if s >= 0]
 
@@ -102,11 +102,11 @@ def test_a_write_applied_while_a_rebuild_starts_is_in_the_new_index(tmp_path, mo
     in_apply, release = threading.Event(), threading.Event()
     real_add = ItemTable.add
 
-    def slow_add(self, first, item_ids, metadata):
+    def slow_add(self, first, item_ids):
         if item_ids == ["late"]:
             in_apply.set()  # the vector is stored, the table does not know it yet
             release.wait(10)
-        return real_add(self, first, item_ids, metadata)
+        return real_add(self, first, item_ids)
 
     monkeypatch.setattr(ItemTable, "add", slow_add)
     late = vectors(1, seed=11)
@@ -195,7 +195,8 @@ def test_every_snapshot_file_is_fsynced_before_current_is_published(tmp_path, mo
     monkeypatch.setattr(os, "replace", recording_replace)
     assert c.snapshot()
     before = published_after[0]
-    for name in ("index.faiss", "ids.json", "metadata.json", "alive.npy", "manifest.json"):
+    # SQLite fsyncs its own files from C (not through os.fsync); the power-cut test covers them.
+    for name in ("index.faiss", "ids.json", "alive.npy", "manifest.json"):
         assert any(p.endswith(name) for p in before), (name, before)
 
 
@@ -205,11 +206,11 @@ def test_a_failed_apply_stops_writes_and_a_restart_recovers_the_logged_write(tmp
     real_add = ItemTable.add
     calls = {"n": 0}
 
-    def failing_add(self, first, item_ids, metadata):
+    def failing_add(self, first, item_ids):
         calls["n"] += 1
         if item_ids == ["boom"]:
             raise MemoryError("simulated")
-        return real_add(self, first, item_ids, metadata)
+        return real_add(self, first, item_ids)
 
     monkeypatch.setattr(ItemTable, "add", failing_add)
     with pytest.raises(Unavailable, match="in the log but could not be applied"):
@@ -222,7 +223,7 @@ def test_a_failed_apply_stops_writes_and_a_restart_recovers_the_logged_write(tmp
     again = opened(tmp_path)
     assert again.count == 101 and not again.get(["boom"])[1]  # replayed from the log
     stored = again.get([f"v{i}" for i in range(100)] + ["boom"])[0]
-    assert all(item_id == again.items.ids[again.items.slot_of[item_id]] for item_id, _, _ in stored)
+    assert all(item_id == again.items.ids[again.items.slot_of[item_id]] for item_id, *_ in stored)
 
 
 def test_concurrent_writers_share_fsyncs(tmp_path, monkeypatch):

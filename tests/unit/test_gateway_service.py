@@ -12,12 +12,13 @@ from PIL import Image
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from semsearch.core.collections import DEFAULT_COLLECTIONS
+from semsearch.core.collections import image_collection, text_collection
 from semsearch.core.errors import InvalidArgument, Unavailable
 from services.gateway.cache import Cache
 from services.gateway.config import GatewaySettings
 from services.gateway.domain import Hit, Query, ShardHits, UpsertInput
 from services.gateway.service import GatewayService
+from services.gateway.shard_client import Catalog
 
 
 class FakeRedis:
@@ -60,7 +61,7 @@ class FakeShard:
         self.fail_writes: BaseException | None = None
         self.searches: list[dict] = []
 
-    async def upsert(self, collection, ids, vectors, metadata, timeout):
+    async def upsert(self, collection, ids, vectors, metadata, payloads, timeout):
         if self.gate is not None:
             await self.gate.wait()
         self.items.update(zip(ids, vectors))  # the write lands...
@@ -77,7 +78,9 @@ class FakeShard:
             i for i in ids if i not in self.items
         ]
 
-    async def search(self, collection, queries, k, nprobe, recall_target, timeout, exclude_ids=None):
+    async def search(
+        self, collection, queries, k, nprobe, recall_target, timeout, exclude_ids=None, payloads=False
+    ):
         self.searches.append({"k": k, "exclude": exclude_ids})
         hits = [
             Hit(i, float(v @ queries[0]), {}) for i, v in self.items.items() if i not in (exclude_ids or [])
@@ -86,6 +89,9 @@ class FakeShard:
 
     async def stats(self, timeout):
         raise AssertionError("not used")
+
+    async def catalog(self, timeout):
+        return Catalog(1, {c.name: c for c in (image_collection(), text_collection())})
 
 
 class FakeEmbedder:
@@ -96,9 +102,7 @@ class FakeEmbedder:
 def make_service(redis: FakeRedis | None = None) -> tuple[GatewayService, list[FakeShard], FakeRedis]:
     redis = redis or FakeRedis()
     cache = Cache(redis, embedding_ttl_s=60, result_ttl_s=60, max_result_bytes=1 << 20, timeout_s=0.05)
-    settings = GatewaySettings(
-        shards=("a", "b"), triton_url="t", redis_url="r", collections=DEFAULT_COLLECTIONS
-    )
+    settings = GatewaySettings(shards=("a", "b"), triton_url="t", redis_url="r")
     shards = [FakeShard(0), FakeShard(1)]
     return GatewayService(settings, shards, FakeEmbedder(), cache), shards, redis
 

@@ -18,6 +18,7 @@ from semsearch.client import Item, SemsearchClient
 from semsearch.datasets import fashion_mnist, fortunes
 from semsearch.procs import ManagedProcess
 from semsearch.tools import echo as echo_server
+from semsearch.tools.ingest import create_collection_for
 from semsearch.tools.stack import Stack
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc, search_pb2
 
@@ -91,6 +92,8 @@ def bench(
     echo: ManagedProcess | None = None
     try:
         client = SemsearchClient(stack.gateway_address, timeout_s=60)
+        create_collection_for(client, "images", "fashion-mnist")
+        create_collection_for(client, "texts", "fortunes")
         data, corpus = fashion_mnist("train"), fortunes()
         for start in range(0, images, 64):
             batch = range(start, min(images, start + 64))

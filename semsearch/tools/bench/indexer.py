@@ -366,7 +366,7 @@ def bench(
 
         # The shard's own index, from the snapshot it writes after the swap (Snapshot waits for it).
         stub.Snapshot(indexer_pb2.SnapshotRequest(), timeout=RPC_TIMEOUT_S)
-        coll_dir = root / "shard" / COLLECTION
+        (coll_dir,) = (root / "shard" / "collections").glob(f"{COLLECTION}-*")
         snap = coll_dir / (coll_dir / "CURRENT").read_text().strip()
         manifest = json.loads((snap / "manifest.json").read_text())
         if not manifest["trained"] or manifest["generation"] != generation:
@@ -469,7 +469,7 @@ def bench(
         "nprobe": served_nprobe,
         "rerank": depth,
         "recall_target": recall_target,
-        "nprobe_table": [[int(p), round(float(r), 4)] for p, r in report["nprobe_table"]],
+        "nprobe_table": [[int(p), round(float(r), 4)] for p, r in report["depth_table"]],
         "recall_at_10": round(recall, 4),
         "recall_at_10_inprocess": round(recall_inprocess, 4),
         "p50_ms": round(p50["shard"], 3),

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:  # bad input, named by the raiser
         log.error("%s", exc)
         return 1
     except Exception as exc:

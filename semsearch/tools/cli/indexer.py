@@ -21,7 +21,6 @@ def cmd_indexer_up(args: argparse.Namespace) -> int:
         "SEMSEARCH_INDEXER_HOST": args.host,
         "SEMSEARCH_INDEXER_PORT": args.port,
         "SEMSEARCH_INDEXER_METRICS_PORT": args.metrics_port,
-        "SEMSEARCH_COLLECTIONS_FILE": args.collections_file,
     }
     os.environ.update({k: str(v) for k, v in env.items() if v is not None})
     from services.indexer.config import ShardSettings
@@ -86,7 +85,6 @@ def register(sub) -> None:
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="gRPC port (default 7100)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9100)")
-    p.add_argument("--collections-file", help="JSON list of collection settings (default: images, texts)")
     p.set_defaults(func=cmd_indexer_up)
     p = isub.add_parser(
         "train",
