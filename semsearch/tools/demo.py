@@ -67,7 +67,7 @@ def run_demo(repository: Path, home: Path, *, limit: int | None = None, shards: 
             _show(
                 f'Search by text: "{query}"', client.search("texts", text=query, k=3, include_payloads=True)
             )
-        again = client.search("texts", text=TEXT_QUERIES[0], k=3)
+        again = client.search("texts", text=TEXT_QUERIES[0], k=3, include_payloads=True)
         print(f"\nSame text query again: cached {again.cached}, "
               f"{sum(t.seconds for t in again.timings) * 1000:.1f}ms in the gateway")  # fmt: skip
         print("\nCollections:")
