@@ -108,8 +108,13 @@ class SemsearchClient:
         min_coverage: float | None = None,
         no_cache: bool = False,
         include_payloads: bool = False,
+        filter: str = "",
+        exact: bool = False,
         timeout_s: float | None = None,
     ) -> search_pb2.SearchResponse:
+        """The k items most similar to one query (an image, a text, a vector or a stored item's id).
+        filter: only items whose indexed fields match, e.g. 'label = "Bag"', 'label in ["Bag", "Sandal"]
+        and price < 50', 'not (split = "test")'; exact: score every item (slow; for checking recall)."""
         request = search_pb2.SearchRequest(
             collection=collection,
             k=k,
@@ -117,6 +122,8 @@ class SemsearchClient:
             nprobe=nprobe,
             no_cache=no_cache,
             include_payloads=include_payloads,
+            filter=filter,
+            exact=exact,
         )
         if min_coverage is not None:
             request.min_coverage = min_coverage

@@ -48,7 +48,7 @@ class WriteResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ..., lsn: _Optional[int] = ..., data_version: _Optional[int] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "nprobe", "recall_target", "rerank", "exclude_ids", "route", "include_payloads")
+    __slots__ = ("collection", "queries", "k", "nprobe", "recall_target", "rerank", "exclude_ids", "route", "include_payloads", "filter", "exact")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,8 @@ class ShardSearchRequest(_message.Message):
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     k: int
@@ -67,7 +69,9 @@ class ShardSearchRequest(_message.Message):
     exclude_ids: _containers.RepeatedScalarFieldContainer[str]
     route: ShardRoute
     include_payloads: bool
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., recall_target: _Optional[float] = ..., rerank: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ..., include_payloads: _Optional[bool] = ...) -> None: ...
+    filter: str
+    exact: bool
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., recall_target: _Optional[float] = ..., rerank: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ..., include_payloads: _Optional[bool] = ..., filter: _Optional[str] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class QueryHits(_message.Message):
     __slots__ = ("hits",)
@@ -76,20 +80,26 @@ class QueryHits(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
-    __slots__ = ("results", "generation", "data_version", "index", "nprobe", "batch_size")
+    __slots__ = ("results", "generation", "data_version", "index", "nprobe", "batch_size", "plan", "depth", "matched")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[QueryHits]
     generation: int
     data_version: int
     index: str
     nprobe: int
     batch_size: int
-    def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ..., generation: _Optional[int] = ..., data_version: _Optional[int] = ..., index: _Optional[str] = ..., nprobe: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    plan: str
+    depth: float
+    matched: int
+    def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ..., generation: _Optional[int] = ..., data_version: _Optional[int] = ..., index: _Optional[str] = ..., nprobe: _Optional[int] = ..., batch_size: _Optional[int] = ..., plan: _Optional[str] = ..., depth: _Optional[float] = ..., matched: _Optional[int] = ...) -> None: ...
 
 class ShardGetRequest(_message.Message):
     __slots__ = ("collection", "ids", "include_vectors", "route", "include_payloads")

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "image", "text", "vector", "id", "k", "recall_target", "nprobe", "min_coverage", "no_cache", "include_payloads")
+    __slots__ = ("collection", "image", "text", "vector", "id", "k", "recall_target", "nprobe", "min_coverage", "no_cache", "include_payloads", "filter", "exact")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,8 @@ class SearchRequest(_message.Message):
     MIN_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     NO_CACHE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     text: str
@@ -31,10 +33,28 @@ class SearchRequest(_message.Message):
     min_coverage: float
     no_cache: bool
     include_payloads: bool
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., recall_target: _Optional[float] = ..., nprobe: _Optional[int] = ..., min_coverage: _Optional[float] = ..., no_cache: _Optional[bool] = ..., include_payloads: _Optional[bool] = ...) -> None: ...
+    filter: str
+    exact: bool
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., recall_target: _Optional[float] = ..., nprobe: _Optional[int] = ..., min_coverage: _Optional[float] = ..., no_cache: _Optional[bool] = ..., include_payloads: _Optional[bool] = ..., filter: _Optional[str] = ..., exact: _Optional[bool] = ...) -> None: ...
+
+class ShardSearchInfo(_message.Message):
+    __slots__ = ("shard", "plan", "depth", "matched", "batch_size", "seconds")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    plan: str
+    depth: float
+    matched: int
+    batch_size: int
+    seconds: float
+    def __init__(self, shard: _Optional[int] = ..., plan: _Optional[str] = ..., depth: _Optional[float] = ..., matched: _Optional[int] = ..., batch_size: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "shards_answered", "shards_queried", "generations", "cached", "timings", "model_version")
+    __slots__ = ("hits", "shards_answered", "shards_queried", "generations", "cached", "timings", "model_version", "shard_info")
     class GenerationsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +69,7 @@ class SearchResponse(_message.Message):
     CACHED_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INFO_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hit]
     shards_answered: int
     shards_queried: int
@@ -56,7 +77,8 @@ class SearchResponse(_message.Message):
     cached: bool
     timings: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]
     model_version: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., shards_answered: _Optional[int] = ..., shards_queried: _Optional[int] = ..., generations: _Optional[_Mapping[int, int]] = ..., cached: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    shard_info: _containers.RepeatedCompositeFieldContainer[ShardSearchInfo]
+    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., shards_answered: _Optional[int] = ..., shards_queried: _Optional[int] = ..., generations: _Optional[_Mapping[int, int]] = ..., cached: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ..., model_version: _Optional[str] = ..., shard_info: _Optional[_Iterable[_Union[ShardSearchInfo, _Mapping]]] = ...) -> None: ...
 
 class UpsertItem(_message.Message):
     __slots__ = ("id", "image", "text", "vector", "metadata", "payload")

@@ -87,7 +87,9 @@ class SearchServicer:
     def Search(self, request, context):
         """The k most similar items of a collection to one query.
         INVALID_ARGUMENT: no query, empty text, undecodable or oversized image, wrong vector dimension,
-        NaN/Inf, k outside [1, max_k], min_coverage outside [0, 1], recall_target outside [0, 1].
+        NaN/Inf, k outside [1, max_k], min_coverage outside [0, 1], recall_target outside [0, 1],
+        a filter that does not parse, names a field the collection does not index, or compares a
+        field with a value of another type.
         NOT_FOUND: unknown collection, or `id` not stored. UNAVAILABLE: the embedder (for image and
         text queries) or too many shards are down. DEADLINE_EXCEEDED: fewer shards than
         min_coverage answered within the deadline. RESOURCE_EXHAUSTED: too many requests in flight.

@@ -117,7 +117,7 @@ class Cache:
         """Where the result of `query` computed at `epoch` on these shard generations is cached."""
         fingerprint = json.dumps(
             [query.collection, query.kind, query.item_id, query.k, query.recall_target, query.nprobe, epoch,
-             sorted(generations.items()), shards, query.include_payloads]
+             sorted(generations.items()), shards, query.include_payloads, query.filter, query.exact]
         ).encode()  # fmt: skip
         digest = content_hash(fingerprint + np.ascontiguousarray(vector, dtype="<f4").tobytes())
         return f"res:{query.collection}:{digest}"

@@ -16,11 +16,24 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class ShardInfo:
+    """How one shard answered a search."""
+
+    shard: int
+    plan: str
+    depth: float
+    matched: int
+    batch_size: int
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class ShardHits:
-    """One shard's answer: hits per query, and the index generation that served them."""
+    """One shard's answer: hits per query, the index generation that served them, and how."""
 
     hits: list[list[Hit]]
     generation: int
+    info: ShardInfo | None = None
 
 
 @dataclass
@@ -37,6 +50,8 @@ class Query:
     min_coverage: float = 1.0
     no_cache: bool = False
     include_payloads: bool = False
+    filter: str = ""
+    exact: bool = False
     timeout_s: float = 5.0
 
 
@@ -49,6 +64,7 @@ class SearchResult:
     cached: bool
     timings: list[tuple[str, float]] = field(default_factory=list)
     model_version: str = ""
+    shard_info: list[ShardInfo] = field(default_factory=list)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from semsearch.core import filters
 from semsearch.core.collections import CollectionConfig
 from semsearch.core.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
 from semsearch.core.merge import merge_topk
@@ -126,6 +127,7 @@ class GatewayService(Writes, Collections):
         if not 0 <= query.recall_target <= 1 or np.isnan(query.recall_target):
             raise InvalidArgument(f"must be in [0, 1], got {query.recall_target}", "recall_target")
         self._check_kind(config, query.kind, query.kind)
+        filters.check(filters.parse(query.filter), config.field_types, config.name)
 
     async def _query_vector(
         self, query: Query, config: CollectionConfig, timer: Timer
@@ -193,7 +195,7 @@ class GatewayService(Writes, Collections):
         async def call(shard: int, client: ShardClient):
             return await client.search(
                 query.collection, queries, query.k, query.nprobe, query.recall_target,
-                deadline - time.monotonic(), exclude, query.include_payloads,
+                deadline - time.monotonic(), exclude, query.include_payloads, query.filter, query.exact,
             )  # fmt: skip
 
         gathered: Gathered = await gather_shards(self.shards, call, deadline - time.monotonic())
@@ -225,6 +227,7 @@ class GatewayService(Writes, Collections):
             shards_queried=len(self.shards),
             generations={s: a.generation for s, a in gathered.answers.items()},
             cached=False,
+            shard_info=[a.info for _, a in sorted(gathered.answers.items()) if a.info is not None],
         )
 
     def _by_shard(self, ids: Sequence[str]) -> dict[int, list[str]]:

@@ -48,6 +48,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             min_coverage=request.min_coverage if request.HasField("min_coverage") else 1.0,
             no_cache=request.no_cache,
             include_payloads=request.include_payloads,
+            filter=request.filter,
+            exact=request.exact,
             timeout_s=_timeout(context, self.default_timeout_s),
         )
         result = await self.service.search(query)
@@ -62,6 +64,17 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             cached=result.cached,
             timings=[common_pb2.StageTiming(stage=s, seconds=t) for s, t in result.timings],
             model_version=result.model_version,
+            shard_info=[
+                search_pb2.ShardSearchInfo(
+                    shard=i.shard,
+                    plan=i.plan,
+                    depth=i.depth,
+                    matched=i.matched,
+                    batch_size=i.batch_size,
+                    seconds=i.seconds,
+                )
+                for i in result.shard_info
+            ],
         )
 
     async def _upsert(self, request: search_pb2.UpsertRequest, timeout_s: float) -> search_pb2.UpsertResponse:

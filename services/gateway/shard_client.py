@@ -5,6 +5,7 @@ address)."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -23,7 +24,7 @@ from semsearch.core.errors import (
 from semsearch.rpc import CHANNEL_OPTIONS
 from semsearch.specs import config_from_spec, spec_from_config
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
-from services.gateway.domain import Hit, ShardCollection, ShardHits
+from services.gateway.domain import Hit, ShardCollection, ShardHits, ShardInfo
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class ShardClient:
         timeout: float,
         exclude_ids: list[str] | None = None,
         include_payloads: bool = False,
+        where: str = "",
+        exact: bool = False,
     ) -> ShardHits:
         request = indexer_pb2.ShardSearchRequest(
             collection=collection,
@@ -86,10 +89,15 @@ class ShardClient:
             exclude_ids=exclude_ids or [],
             route=self.route,
             include_payloads=include_payloads,
+            filter=where,
+            exact=exact,
         )
+        begin = time.perf_counter()
         response = await self._rpc(self.stub.Search(request, timeout=timeout))
         hits = [[Hit(h.id, h.score, dict(h.metadata), h.payload) for h in r.hits] for r in response.results]
-        return ShardHits(hits, response.generation)
+        info = ShardInfo(self.shard, response.plan, response.depth, response.matched, response.batch_size,
+                         time.perf_counter() - begin)  # fmt: skip
+        return ShardHits(hits, response.generation, info)
 
     async def upsert(
         self,

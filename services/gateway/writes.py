@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from semsearch.core import filters
 from semsearch.core.collections import CollectionConfig
 from semsearch.core.errors import InvalidArgument, ServiceError, Unavailable
 from semsearch.core.routing import shard_for
@@ -100,6 +101,9 @@ class Writes:
             return f"items[{i}].metadata: {len(encoded)} bytes, more than {config.max_metadata_bytes}"
         if len(item.payload) > MAX_PAYLOAD_BYTES:
             return f"items[{i}].payload: {len(item.payload)} bytes, more than {MAX_PAYLOAD_BYTES}"
+        wrong = filters.metadata_error(config.field_types, item.metadata) if item.metadata else None
+        if wrong:
+            return f"items[{i}].metadata.{wrong[0]}: {wrong[1]}"
         return None
 
     async def _item_payloads(

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semsearch.core.filters import Node
 from services.indexer import metrics
-from services.indexer.collection import Collection, SearchOutcome
+from services.indexer.collection import Collection
+from services.indexer.searches import SearchOutcome
 
 
 @dataclass
@@ -20,6 +22,14 @@ class _Pending:
     depth: int
     rerank: int
     future: asyncio.Future = field(repr=False)
+    where: Node | None = None
+    target: float = 0.0
+    exact: bool = False
+
+    @property
+    def group(self) -> tuple:
+        """Requests searched together share these."""
+        return (self.k, self.depth, self.rerank, self.where, self.target, self.exact)
 
 
 @dataclass
@@ -34,9 +44,10 @@ class BatchedResult:
 
 class SearchBatcher:
     """Requests queue while the previous FAISS call runs; the next call takes them all (up to
-    `max_queries`), grouped by (k, depth, rerank). Like Triton's dynamic batcher, optionally
-    waits `delay_s` for more to arrive. Each collection has one worker thread, so FAISS work of a
-    collection is never interleaved and OpenMP threads are not oversubscribed by callers."""
+    `max_queries`), grouped by what they share (k, depth, re-rank depth, filter, recall target).
+    Like Triton's dynamic batcher, it optionally waits `delay_s` for more to arrive. Each collection
+    has one worker thread, so FAISS work of a collection is never interleaved and OpenMP threads are
+    not oversubscribed by callers."""
 
     def __init__(self, collection: Collection, *, max_queries: int = 512, delay_s: float = 0.0) -> None:
         self.collection = collection
@@ -47,9 +58,18 @@ class SearchBatcher:
         self._drain_task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"search-{collection.name}")
 
-    async def search(self, queries: np.ndarray, k: int, depth: int, rerank: int) -> BatchedResult:
+    async def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        depth: int,
+        rerank: int,
+        where: Node | None = None,
+        target: float = 0.0,
+        exact: bool = False,
+    ) -> BatchedResult:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(queries, k, depth, rerank, future))
+        self._pending.append(_Pending(queries, k, depth, rerank, future, where, target, exact))
         if not self._draining:
             self._draining = True
             # Keep a reference: the event loop holds tasks weakly, a dropped one can be collected
@@ -82,16 +102,16 @@ class SearchBatcher:
             self._draining = False
 
     def _run(self, batch: list[_Pending]) -> list[BatchedResult | BaseException]:
-        groups: dict[tuple[int, int, int], list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(batch):
-            groups.setdefault((p.k, p.depth, p.rerank), []).append(i)
+            groups.setdefault(p.group, []).append(i)
         results: list[BatchedResult | BaseException] = [None] * len(batch)  # type: ignore[list-item]
         name = self.collection.name
-        for (k, depth, rerank), members in groups.items():
+        for (k, depth, rerank, where, target, exact), members in groups.items():
             queries = np.concatenate([batch[i].queries for i in members])
             begin = time.perf_counter()
             try:
-                outcome = self.collection.search(queries, k, depth, rerank)
+                outcome = self.collection.search(queries, k, depth, rerank, where, target, exact)
             except Exception as exc:
                 for i in members:
                     results[i] = exc

@@ -18,19 +18,21 @@ import logging
 import shutil
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from semsearch.core import filters
 from semsearch.core.collections import CollectionConfig
 from semsearch.core.durable import ensure_dir
 from semsearch.core.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from services.indexer import index_ops, records, search_ops, snapshots
+from services.indexer import index_ops, records, snapshots
+from services.indexer.fields import FieldColumns
 from services.indexer.items import ItemTable
 from services.indexer.payloads import PayloadStore
 from services.indexer.rebuild import Rebuilds
+from services.indexer.searches import Searches
 from services.indexer.store import VectorStore
 from services.indexer.wal import WriteAheadLog
 
@@ -38,33 +40,6 @@ log = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_ID_BYTES = 512
-
-
-@dataclass
-class SearchOutcome:
-    """Results of a batch of queries: scores and slots [q, k] (slot -1 = no hit)."""
-
-    scores: np.ndarray
-    slots: np.ndarray
-    items: ItemTable  # the table the slots refer to
-    generation: int
-    index: str
-    depth: int
-
-
-@dataclass
-class _View:
-    """What one search reads, captured under the apply lock so that a concurrent swap or write cannot
-    mix two states."""
-
-    store: VectorStore
-    items: ItemTable
-    rows: int
-    packed: np.ndarray
-    allowed: np.ndarray
-    index: faiss.Index | None
-    generation: int
-    live: int
 
 
 def safe_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -78,7 +53,7 @@ def safe_normalize(vectors: np.ndarray) -> np.ndarray:
     return (scaled / norms).astype(np.float32)
 
 
-class Collection(Rebuilds):
+class Collection(Rebuilds, Searches):
     def __init__(
         self,
         config: CollectionConfig,
@@ -103,11 +78,16 @@ class Collection(Rebuilds):
         # Applied state (guarded by _apply).
         self.epoch = 0
         self.store = self._new_store(0)
-        self.items = ItemTable()
+        self.items = ItemTable(self.config.field_types)
         self.index: faiss.Index | None = None  # None: exact search over the raw vectors
         self.factory = ""
         self.depth_table: list[tuple[int, float]] = []
+        self.eps_table: list[tuple[float, float, float]] = []
+        self.ivf_depth = None  # the per-query depth rule of an IVF index
         self.default_depth = 0
+        # Added to the calibrated eps by the recall monitor when live queries get less recall than asked.
+        self.eps_extra = 0.0
+        self.monitor = None  # the shard's RecallMonitor, when it runs one
         self.template_bytes = 0
         self.template_id = ""
         self.generation = 0
@@ -123,6 +103,9 @@ class Collection(Rebuilds):
         self.rebuild_failures = 0
         self._next_rebuild_at = 0.0
         self._rebuild_thread: threading.Thread | None = None
+        self._calibration_thread: threading.Thread | None = None
+        self.calibrated_rows = 0  # rows when the recall tables were last measured, and when
+        self.calibrated_at = 0.0
 
     # --- properties ---------------------------------------------------------------------------
 
@@ -165,14 +148,19 @@ class Collection(Rebuilds):
             self.epoch = manifest["epoch"]
             self.store = self._new_store(self.epoch)
             self.store.open(manifest["rows"])
-            self.items = ItemTable.load(snap, manifest["rows"])
+            self.items = ItemTable.load(snap, manifest["rows"], self.config.field_types)
+            if self.items.fields is None:  # a snapshot without field columns: from the payload store
+                self.items.fields = FieldColumns(self.config.field_types)
+                stored = self.payloads.metadata(self.items.ids)
+                encoded = [json.dumps(stored[i]) if i in stored else None for i in self.items.ids]
+                self.items.fields.put(0, encoded, self.items.rows)
             self.generation = self.snapshot_generation = manifest["generation"]
             self.lsn = self.snapshot_lsn = manifest["lsn"]
             if manifest["trained"]:
-                self.index = faiss.read_index(str(snap / "index.faiss"))
-                self._set_index_settings(
-                    manifest["factory"], manifest["depth_table"], manifest["template_bytes"]
-                )
+                self._use_index(
+                    faiss.read_index(str(snap / "index.faiss")), manifest["factory"], manifest["depth_table"],
+                    manifest.get("eps_table", []), manifest["template_bytes"],
+                )  # fmt: skip
                 self.template_id = manifest["template_id"]
             snapshots.remove_unpublished(self.directory, keep=manifest["dir"])
         for stale in self.directory.glob("vectors-*"):
@@ -184,18 +172,11 @@ class Collection(Rebuilds):
             self._apply_record(records.decode(payload, self.config.dim))
             self.lsn = lsn
             replayed += 1
+        self.calibrated_rows = self.items.rows
         log.info(
             "collection %s: %d vectors (%d rows), generation %d, index %s, lsn %d (%d replayed from the log)",
             self.name, self.count, self.items.rows, self.generation, self.index_name, self.lsn, replayed,
         )  # fmt: skip
-
-    def _set_index_settings(self, factory: str, table: list, template_bytes: int) -> None:
-        self.factory = factory
-        self.depth_table = [(int(n), float(r)) for n, r in table]
-        self.template_bytes = template_bytes
-        self.default_depth = index_ops.depth_for_recall(self.depth_table, self.config.recall_target)
-
-    # --- writes -------------------------------------------------------------------------------
 
     def validate_vectors(self, vectors: np.ndarray, field: str) -> np.ndarray:
         """float32 [n, dim], finite, normalised per the collection's policy."""
@@ -233,7 +214,11 @@ class Collection(Rebuilds):
             raise InvalidArgument("duplicate ids in one batch", "items.id")
         vectors = self.validate_vectors(vectors, "items.vector")
         metas = []
+        fields = self.config.field_types
         for i, meta in enumerate(metadata):
+            wrong = filters.metadata_error(fields, meta) if fields and meta else None
+            if wrong:
+                raise InvalidArgument(wrong[1], f"items[{i}].metadata.{wrong[0]}")
             encoded = json.dumps(dict(meta), ensure_ascii=False, separators=(",", ":")) if meta else None
             if encoded and len(encoded.encode()) > self.config.max_metadata_bytes:
                 raise InvalidArgument(
@@ -368,79 +353,9 @@ class Collection(Rebuilds):
             with self._index_lock:
                 index_ops.add(self.index, record.vectors, first)
         self.payloads.put(record.ids, record.metadata, record.payloads)
-        return self.items.add(first, record.ids)
+        return self.items.add(first, record.ids, record.metadata)
 
     # --- reads --------------------------------------------------------------------------------
-
-    def resolve_depth(self, depth: int, recall_target: float) -> int:
-        """The search depth (nprobe or efSearch) of a request: as given, from the recall target, or the
-        collection's default."""
-        if self.index is None:
-            return 0
-        if depth:
-            return min(depth, index_ops.max_depth(self.index))
-        if recall_target:
-            return index_ops.depth_for_recall(self.depth_table, recall_target)
-        return self.default_depth
-
-    def check_search_budget(self, k: int, rerank: int) -> None:
-        """RESOURCE_EXHAUSTED for a query whose candidates alone would exceed the search budget."""
-        if self.index is not None:
-            search_ops.check_budget(1, max(rerank, k), self.config.dim, self.search_budget_bytes,
-                                    f"k={k} with re-rank depth {max(rerank, k)}")  # fmt: skip
-
-    def _view(self) -> _View:
-        with self._apply:
-            rows = self.items.rows
-            return _View(self.store, self.items, rows, self.items.packed(), self.items.alive(rows),
-                         self.index, self.generation, self.items.count)  # fmt: skip
-
-    def search(self, queries: np.ndarray, k: int, depth: int, rerank: int) -> SearchOutcome:
-        """Top-k live items of validated queries [q, d]: candidates from the index (dead slots excluded
-        by an id selector), `depth` deep (nprobe or efSearch), re-ranked exactly against the raw vectors
-        (`rerank` of them); an exact scan before the index is built. A query gets k hits whenever the
-        slice holds k live items: the index is searched deeper until it does, then scanned exactly."""
-        view = self._view()
-        if view.index is None:
-            scores, slots = self._exact(view, queries, k)
-            return SearchOutcome(scores, slots, view.items, view.generation, "exact", 0)
-        rerank = max(rerank, k)
-        scores, slots = self._index_search(view, queries, k, depth, rerank)
-        wanted = min(k, view.live)
-        widest = index_ops.max_depth(view.index)
-        deeper = depth
-        short = np.nonzero((slots >= 0).sum(axis=1) < wanted)[0]
-        while len(short) and deeper < widest:
-            deeper = min(widest, deeper * 2)
-            scores[short], slots[short] = self._index_search(view, queries[short], k, deeper, rerank)
-            short = short[(slots[short] >= 0).sum(axis=1) < wanted]
-        if len(short):  # an HNSW graph can strand filtered-out regions: the exact scan always finds them
-            scores[short], slots[short] = self._exact(view, queries[short], k)
-        return SearchOutcome(scores, slots, view.items, view.generation, self.factory, depth)
-
-    def _exact(self, view: _View, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        fetch = lambda s, e: np.asarray(view.store.view(s, e), dtype=np.float32)  # noqa: E731
-        return search_ops.exact_topk(queries, fetch, view.rows, view.allowed, k, self.search_budget_bytes,
-                                     self.config.faiss_l2)  # fmt: skip
-
-    def _index_search(self, view: _View, queries: np.ndarray, k: int, depth: int, rerank: int):
-        params = search_ops.search_params(view.index, view.packed, depth)
-        step = search_ops.chunks_for(len(queries), rerank * self.config.dim * 4, self.search_budget_bytes)
-        scores = np.empty((len(queries), k), dtype=np.float32)
-        slots = np.empty((len(queries), k), dtype=np.int64)
-        for begin in range(0, len(queries), step):
-            end = min(begin + step, len(queries))
-            with self._index_lock:
-                _, candidates = view.index.search(queries[begin:end], rerank, params=params)
-            scores[begin:end], slots[begin:end] = search_ops.rerank(
-                queries[begin:end],
-                candidates,
-                view.store.get,
-                k,
-                self.search_budget_bytes,
-                self.config.faiss_l2,
-            )
-        return scores, slots
 
     def get(
         self, ids: Sequence[str], *, payloads: bool = False
@@ -459,14 +374,6 @@ class Collection(Rebuilds):
         for item_id, vector in zip(present, vectors):
             found.append((item_id, vector, metadata.get(item_id, {}), blobs.get(item_id)))
         return found, missing
-
-    def sample(self, n: int, seed: int) -> np.ndarray:
-        """Up to n live vectors chosen uniformly at random (float32 [m, d])."""
-        view = self._view()
-        alive = np.nonzero(view.allowed)[0]
-        rng = np.random.default_rng(seed)
-        chosen = np.sort(rng.choice(alive, size=min(n, len(alive)), replace=False)) if len(alive) else alive
-        return view.store.get(chosen)
 
     # --- snapshots ----------------------------------------------------------------------------
 
@@ -489,6 +396,7 @@ class Collection(Rebuilds):
             manifest = {
                 "lsn": lsn, "rows": rows, "epoch": self.epoch, "generation": generation,
                 "trained": self.index is not None, "factory": self.factory, "depth_table": self.depth_table,
+                "eps_table": self.eps_table,
                 "template_bytes": self.template_bytes, "template_id": self.template_id,
                 "dim": self.config.dim,
             }  # fmt: skip
@@ -502,8 +410,9 @@ class Collection(Rebuilds):
         return True
 
     def close(self) -> None:
-        if self._rebuild_thread is not None:
-            self._rebuild_thread.join()
+        for thread in (self._rebuild_thread, self._calibration_thread):
+            if thread is not None:
+                thread.join()
         self.wal.close()
         self.store.close()
         if self.payloads is not None:

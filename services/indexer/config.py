@@ -34,6 +34,9 @@ class ShardSettings:
     peers: tuple[str, ...] = ()
     # How often shard 0 checks whether a collection reached its training threshold.
     auto_train_interval_s: float = 10.0
+    # Share of live index searches the recall monitor re-runs exactly, and at most how many a second.
+    recall_sample_rate: float = 0.01
+    recall_samples_per_s: float = 2.0
 
     @classmethod
     def from_env(cls, environ=None) -> ShardSettings:
@@ -65,4 +68,6 @@ class ShardSettings:
             min_free_bytes=env.int("SEMSEARCH_INDEXER_MIN_FREE_BYTES", 256 << 20, minimum=0),
             peers=peers,
             auto_train_interval_s=env.float("SEMSEARCH_AUTO_TRAIN_INTERVAL_S", 10.0, minimum=0.1),
+            recall_sample_rate=env.float("SEMSEARCH_RECALL_SAMPLE_RATE", 0.01, minimum=0),
+            recall_samples_per_s=env.float("SEMSEARCH_RECALL_SAMPLES_PER_S", 2.0, minimum=0),
         )

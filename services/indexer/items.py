@@ -1,5 +1,6 @@
-"""Which item lives in which slot: the id of every slot, the slot of every live id, the live mask. (Metadata
-and payloads live in the payload store, by id.)"""
+"""Which item lives in which slot: the id of every slot, the slot of every live id, the live mask, and the
+values of the indexed metadata fields per slot (fields.py). (Metadata and payloads live in the payload
+store, by id.)"""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ from pathlib import Path
 import numpy as np
 
 from semsearch.core.durable import write_file
+from services.indexer.fields import FieldColumns
 
 
 class ItemTable:
     """Slots are row numbers of the raw-vector file. An upsert takes new slots (the old slot of a
     replaced id dies); a delete kills a slot. Not thread-safe: the collection's apply lock guards it."""
 
-    def __init__(self) -> None:
+    def __init__(self, field_types: dict[str, str] | None = None) -> None:
         self.ids: list[str] = []
         self.slot_of: dict[str, int] = {}
         self._alive = np.zeros(0, dtype=bool)
         self._packed: np.ndarray | None = None
+        self.fields = FieldColumns(field_types or {})
 
     @property
     def rows(self) -> int:
@@ -52,10 +55,13 @@ class ItemTable:
             grown[: len(self._alive)] = self._alive
             self._alive = grown
 
-    def add(self, first: int, ids: Sequence[str]) -> int:
-        """Record items stored at slots first.. first+len(ids); returns how many were new ids."""
+    def add(self, first: int, ids: Sequence[str], metadata: Sequence[str | None] | None = None) -> int:
+        """Record items stored at slots first.. first+len(ids) (with their metadata as JSON objects, for
+        the indexed fields); returns how many were new ids."""
         assert first == self.rows, (first, self.rows)
         self._grow(first + len(ids))
+        if metadata is not None:
+            self.fields.put(first, metadata, len(self._alive))
         new = 0
         for offset, item_id in enumerate(ids):
             old = self.slot_of.get(item_id)
@@ -88,6 +94,7 @@ class ItemTable:
         old slots that died since they were chosen stay dead."""
         table = ItemTable()
         ids = self.ids
+        table.fields = self.fields.taken(old_slots)
         table.ids = [ids[s] for s in old_slots.tolist()]
         table._alive = self._alive[old_slots].copy() if len(old_slots) else np.zeros(0, dtype=bool)
         table.slot_of = {item_id: slot for slot, item_id in enumerate(table.ids) if table._alive[slot]}
@@ -98,6 +105,7 @@ class ItemTable:
     def save(self, directory: Path, rows: int) -> None:
         """Write slots [0, rows) into `directory` (fsync'd files)."""
         write_file(directory / "ids.json", json.dumps(self.ids[:rows]).encode())
+        self.fields.save(directory, rows)
         with open(directory / "alive.npy", "wb") as f:
             np.save(f, self._alive[:rows])
             f.flush()
@@ -108,11 +116,15 @@ class ItemTable:
         table = ItemTable()
         table.ids = self.ids[:rows]
         table._alive = self._alive[:rows].copy()
+        table.fields = self.fields.copy()
         return table
 
     @classmethod
-    def load(cls, directory: Path, rows: int) -> ItemTable:
+    def load(cls, directory: Path, rows: int, field_types: dict[str, str]) -> ItemTable:
+        """The table saved in a snapshot; its `fields` are None when the snapshot holds no columns for
+        these fields (the caller rebuilds them from the payload store)."""
         table = cls()
+        table.fields = FieldColumns.load(directory, field_types)
         table.ids = json.loads((directory / "ids.json").read_text())
         table._alive = np.load(directory / "alive.npy")
         if not len(table.ids) == len(table._alive) == rows:

@@ -56,9 +56,25 @@ REJECTED = Counter(
     ["method", "code"],
 )
 
+ESTIMATED_RECALL = Gauge(
+    "semsearch_indexer_estimated_recall",
+    "recall@k of sampled live index searches re-run exactly (mean of the last 200 samples), by collection.",
+    ["collection"],
+)
+RECALL_SAMPLES = Counter(
+    "semsearch_indexer_recall_samples_total",
+    "Live searches re-run exactly by the recall monitor.",
+    ["collection"],
+)
+EPS_EXTRA = Gauge(
+    "semsearch_indexer_depth_eps_extra",
+    "What the recall monitor added to the calibrated eps of the per-query depth rule, by collection.",
+    ["collection"],
+)
+
 # Series labelled by collection alone, and the operations WRITES counts.
 _BY_COLLECTION = (SEARCH_SECONDS, BATCH_QUERIES, VECTORS, ROWS, WRITABLE, GENERATION, REBUILD_PROGRESS)
-_BY_COLLECTION += (REBUILD_SECONDS, LOG_BYTES)
+_BY_COLLECTION += (REBUILD_SECONDS, LOG_BYTES, ESTIMATED_RECALL, RECALL_SAMPLES, EPS_EXTRA)
 WRITE_OPS = ("upsert", "delete")
 
 

@@ -3,6 +3,7 @@ new index (from the installed template, once trained) in the background, then sw
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,6 +17,8 @@ import numpy as np
 from semsearch.core.durable import atomic_write
 from semsearch.core.errors import InvalidArgument
 from services.indexer import index_ops, search_ops
+from services.indexer.depth import EPS_LADDER, IvfDepth
+from services.indexer.searches import MAX_ADAPTIVE_LISTS
 from services.indexer.store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,11 @@ TABLE_MIN_VECTORS = 5_000
 # least COMPACT_MIN_DEAD: disk and memory then stay within 1/(1-share) = 1.33x of the live data.
 COMPACT_DEAD_SHARE = 0.25
 COMPACT_MIN_DEAD = 1_000
+# The recall tables are measured again (half the queries from the new rows) once this many rows were
+# written since they were measured, and at least this share of the slice.
+RECALIBRATE_MIN_ROWS = 2_000
+RECALIBRATE_SHARE = 0.05
+RECALIBRATE_MIN_INTERVAL_S = 60.0
 
 
 class Rebuilds:
@@ -98,13 +106,47 @@ class Rebuilds:
         return dead >= COMPACT_MIN_DEAD and dead >= COMPACT_DEAD_SHARE * self.items.rows
 
     def maintenance(self) -> None:
-        """Start a due rebuild (a pending template, with back-off after failures) or compaction."""
+        """Start a due rebuild (a pending template, with back-off after failures) or compaction, else a
+        due re-measurement of the recall tables."""
         if self.rebuilding or self.broken or time.monotonic() < self._next_rebuild_at:
             return
         if self._pending_template() is not None or self.needs_compaction():
             with self._apply:
                 if not self.rebuilding:
                     self._start_rebuild()
+        elif self.recalibration_due() and not (
+            self._calibration_thread and self._calibration_thread.is_alive()
+        ):
+            self._calibration_thread = threading.Thread(
+                target=self.recalibrate, name=f"calibrate-{self.name}", daemon=True
+            )
+            self._calibration_thread.start()
+
+    def recalibration_due(self) -> bool:
+        written = self.items.rows - self.calibrated_rows
+        return (
+            self.index is not None
+            and written >= max(RECALIBRATE_MIN_ROWS, RECALIBRATE_SHARE * self.items.rows)
+            and time.monotonic() - self.calibrated_at >= RECALIBRATE_MIN_INTERVAL_S
+        )
+
+    def recalibrate(self) -> None:
+        """Measure the recall tables again on the serving index, half the queries from rows written since
+        the last measurement, and serve them (unless a rebuild swapped the index meanwhile)."""
+        with self._maintenance_lock:
+            view = self._view()
+            if view.index is None or self.dropped:
+                return
+            recent = np.arange(min(self.calibrated_rows, view.rows), view.rows)
+            table, eps_table = self._measure_tables(
+                view.index, view.store, view.rows, view.allowed.copy(), recent, lock=self._index_lock
+            )
+            with self._apply:
+                if table and self.generation == view.generation and self.index is view.index:
+                    self.depth_table = table
+                    self.eps_table = eps_table
+                    self.default_depth = index_ops.depth_for_recall(table, self.config.recall_target)
+                self.calibrated_rows, self.calibrated_at = view.rows, time.monotonic()
 
     def compact(self) -> None:
         """Rebuild now in the calling thread (tests and tools)."""
@@ -160,8 +202,10 @@ class Rebuilds:
             if index is not None:
                 index_ops.add(index, chunk, first)
             self.rebuild_progress = 0.9 * min(start + REBUILD_CHUNK, len(live)) / max(len(live), 1)
+        eps_table: list = []
         if index is not None:
-            table = self._measure_table(index, store, len(live)) or table
+            measured, eps_table = self._measure_tables(index, store, len(live))
+            table = measured or table
         with self._snapshot_lock:
             with self._apply:
                 # Rows written during the rebuild are copied now; rows copied earlier that died since
@@ -178,8 +222,9 @@ class Rebuilds:
                 old_store = self.store
                 with self._index_lock:
                     self.store, self.items, self.index, self.epoch = store, items, index, epoch
+                    self.calibrated_rows = items.rows
                     if index is not None:
-                        self._set_index_settings(factory, table, len(template_data))
+                        self._use_index(index, factory, table, eps_table, len(template_data))
                         self.template_id = template["id"]
                     self.generation += 1
             log.info("collection %s: generation %d (%s, %d rows, default depth %d) swapped in", self.name,
@@ -187,35 +232,75 @@ class Rebuilds:
             self._snapshot_locked()
         old_store.path.unlink(missing_ok=True)  # searches still holding it keep their mapping
 
-    def _measure_table(self, index: faiss.Index, store: VectorStore, rows: int, k: int = 10):
-        """recall@k per depth (nprobe or efSearch) of a rebuilt index over its whole slice, with the
-        default re-rank depth, against exact search over the raw vectors; the queries are stored vectors
-        (each left out of its own results). The coordinator's table comes from a training sample, which
-        is denser per list than the full collection and so optimistic. Empty for small slices."""
+    def _measure_tables(
+        self,
+        index: faiss.Index,
+        store: VectorStore,
+        rows: int,
+        allowed: np.ndarray | None = None,
+        recent: np.ndarray | None = None,
+        lock=None,
+        k: int = 10,
+    ) -> tuple[list[tuple[int, float]], list[tuple[float, float, float]]]:
+        """recall@k of an index over its whole slice with the default re-rank depth, against exact search
+        over the raw vectors: per fixed depth (nprobe or efSearch), and for IVF per eps of the per-query
+        rule (depth.py) with the mean lists it probed. The queries are stored vectors, each left out of
+        its own results: random ones, and half from `recent` slots when given (recent writes, so the
+        tables follow the data as it changes). A training sample is denser per list than the whole
+        collection, so the coordinator's table is optimistic; these replace it. Empty for small slices."""
         if rows < TABLE_MIN_VECTORS:
-            return []
+            return [], []
         l2 = self.config.faiss_l2
-        rng = np.random.default_rng(self.generation + 1)
-        slots = np.sort(rng.choice(rows, size=TABLE_QUERIES, replace=False))
+        lock = lock or contextlib.nullcontext()
+        allowed = np.ones(rows, dtype=bool) if allowed is None else allowed[:rows]
+        rng = np.random.default_rng(self.generation + rows)
+        pool = np.nonzero(allowed)[0]
+        slots = np.sort(rng.choice(pool, size=min(TABLE_QUERIES, len(pool)), replace=False))
+        groups = [np.ones(len(slots), dtype=bool)]
+        if recent is not None and len(recent):
+            recent = recent[allowed[recent]]
+            half = min(TABLE_QUERIES // 2, len(recent))
+            newer = np.sort(rng.choice(recent, size=half, replace=False))
+            older = np.setdiff1d(slots, newer)[: TABLE_QUERIES - half]
+            slots = np.concatenate([older, newer])
+            # Each half must reach a recall for it to count: new data must not hide behind old.
+            groups = [np.arange(len(slots)) < len(older), np.arange(len(slots)) >= len(older)]
         queries = store.get(slots)
-        everything = np.ones(rows, dtype=bool)
         fetch_block = lambda s, e: store.get(np.arange(s, e))  # noqa: E731
         _, truth = search_ops.exact_topk(
-            queries, fetch_block, rows, everything, k + 1, self.search_budget_bytes, l2
+            queries, fetch_block, rows, allowed, k + 1, self.search_budget_bytes, l2
         )
         truth = np.array([[s for s in row if s != q][:k] for row, q in zip(truth, slots)])
         rerank = self.config.rerank_depth(k)
+        packed = search_ops.bitmap(allowed)
+
+        def recall_of(candidates: np.ndarray) -> float:
+            _, found = search_ops.rerank(queries, candidates, store.get, k + 1, self.search_budget_bytes, l2)
+            found = np.array([[s for s in row if s != q][:k] for row, q in zip(found, slots)])
+            return min(search_ops.recall_at_k(found[g], truth[g], k) for g in groups if g.any())
+
         table = []
-        packed = search_ops.bitmap(everything)
         for depth in index_ops.depth_candidates(index):
             if depth > index_ops.max_depth(index):
                 break
             params = search_ops.search_params(index, packed, depth)
-            _, candidates = index.search(queries, rerank + 1, params=params)
-            _, found = search_ops.rerank(queries, candidates, store.get, k + 1, self.search_budget_bytes, l2)
-            found = np.array([[s for s in row if s != q][:k] for row, q in zip(found, slots)])
-            table.append((depth, search_ops.recall_at_k(found, truth, k)))
+            with lock:
+                _, candidates = index.search(queries, rerank + 1, params=params)
+            table.append((depth, recall_of(candidates)))
             if table[-1][1] >= 0.999:
                 break
-        log.info("collection %s: depth -> recall@%d on this slice: %s", self.name, k, table)
-        return table
+        eps_table = []
+        if index_ops.is_ivf(index):
+            model = IvfDepth(index)
+            ceiling = min(model.nlist, MAX_ADAPTIVE_LISTS)
+            probes = model.probes(queries, ceiling)
+            for eps in EPS_LADDER:
+                depths = model.depths(probes, eps, floor=1, ceiling=ceiling)
+                with lock:
+                    candidates = model.search(probes, depths, rerank + 1, search_ops.ivf_params(packed))
+                eps_table.append((eps, recall_of(candidates), float(depths.mean())))
+                if eps_table[-1][1] >= 0.999 or depths.min() >= ceiling:
+                    break
+        log.info("collection %s: recall@%d on this slice per depth %s; per eps (recall, mean lists) %s",
+                 self.name, k, table, [(e, round(r, 3), round(d, 1)) for e, r, d in eps_table])  # fmt: skip
+        return table, eps_table

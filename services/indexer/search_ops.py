@@ -41,6 +41,15 @@ def search_params(index: faiss.Index, packed: np.ndarray, depth: int):
     return params
 
 
+def ivf_params(packed: np.ndarray) -> faiss.SearchParametersIVF:
+    """SearchParametersIVF admitting only the slots set in `packed` (for IvfDepth.search, which sets
+    nprobe per batch); the caller keeps `packed` alive during the search."""
+    selector = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
+    params = faiss.SearchParametersIVF(sel=selector)
+    params.keep = (selector, packed)
+    return params
+
+
 def check_budget(queries: int, candidates: int, dim: int, budget_bytes: int, what: str) -> None:
     """Refuse a search whose single query would materialise more than `budget_bytes`."""
     need = candidates * dim * 4

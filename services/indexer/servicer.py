@@ -10,6 +10,7 @@ from functools import partial
 import grpc
 import numpy as np
 
+from semsearch.core import filters
 from semsearch.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from semsearch.core.routing import shard_for
 from semsearch.rpc import CHANNEL_OPTIONS
@@ -231,15 +232,22 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         fetch_k = k + len(exclude)
         rerank = max(request.rerank or collection.config.rerank_depth(k), fetch_k)
         collection.check_search_budget(fetch_k, rerank)
+        where = filters.parse(request.filter)
+        filters.check(where, collection.config.field_types, collection.name)
         depth = collection.resolve_depth(request.nprobe, request.recall_target)
-        result = await self.shard.batchers[collection.name].search(queries, fetch_k, depth, rerank)
+        result = await self.shard.batchers[collection.name].search(
+            queries, fetch_k, depth, rerank, where, request.recall_target, request.exact
+        )
         outcome = result.outcome
         response = indexer_pb2.ShardSearchResponse(
             generation=outcome.generation,
             data_version=collection.data_version,
             index=outcome.index,
-            nprobe=outcome.depth,
+            nprobe=round(outcome.depth),
             batch_size=result.batch_queries,
+            plan=outcome.plan,
+            depth=outcome.depth,
+            matched=outcome.matched,
         )
         rows = []
         for row in range(result.start, result.end):

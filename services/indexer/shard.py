@@ -17,6 +17,7 @@ from services.indexer.catalog import Catalog, Entry
 from services.indexer.collection import Collection
 from services.indexer.config import ShardSettings
 from services.indexer.coordinator import AutoTrainer
+from services.indexer.monitor import RecallMonitor
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class Shard:
         # Catalog changes (create, drop, apply) one at a time.
         self._catalog_lock = threading.RLock()
         self.owner = settings.shard == 0 or not settings.peers
+        self.monitor = RecallMonitor(
+            settings.recall_sample_rate, settings.recall_samples_per_s, seed=settings.shard
+        )
         self.trainer: AutoTrainer | None = None
         if settings.shard == 0:
             peers = settings.peers or (
@@ -70,6 +74,7 @@ class Shard:
             min_free_bytes=self.settings.min_free_bytes,
         )
         collection.load()
+        collection.monitor = self.monitor
         self.collections[entry.config.name] = collection
         self.batchers[entry.config.name] = SearchBatcher(
             collection,
@@ -86,6 +91,7 @@ class Shard:
                 self._open(entry)
             self._remove_unlisted_folders()
         self.loaded = True
+        self.monitor.start()
         self.update_gauges()
 
     def _remove_unlisted_folders(self) -> None:
@@ -158,6 +164,7 @@ class Shard:
         if collection is not None:
             collection.drop()
         metrics.forget(entry.config.name)
+        self.monitor.forget(entry.config.name)
         shutil.rmtree(self.settings.data_dir / entry.folder, ignore_errors=True)
 
     # --- health and maintenance ---------------------------------------------------------------------
@@ -228,6 +235,7 @@ class Shard:
 
     def close(self) -> None:
         """Final snapshot, then close logs and stores."""
+        self.monitor.stop()
         for batcher in list(self.batchers.values()):
             batcher.close()
         if self.loaded:

@@ -31,7 +31,7 @@ class FakeCollection:
         self.calls: list[tuple[int, int, int, int]] = []
         self.release = threading.Event()
 
-    def search(self, queries, k, nprobe, depth):
+    def search(self, queries, k, nprobe, depth, where=None, target=0.0, exact=False):
         if not self.calls:
             self.release.wait(10)
         self.calls.append((len(queries), k, nprobe, depth))

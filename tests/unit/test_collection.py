@@ -102,11 +102,11 @@ def test_a_write_applied_while_a_rebuild_starts_is_in_the_new_index(tmp_path, mo
     in_apply, release = threading.Event(), threading.Event()
     real_add = ItemTable.add
 
-    def slow_add(self, first, item_ids):
+    def slow_add(self, first, item_ids, metadata=None):
         if item_ids == ["late"]:
             in_apply.set()  # the vector is stored, the table does not know it yet
             release.wait(10)
-        return real_add(self, first, item_ids)
+        return real_add(self, first, item_ids, metadata)
 
     monkeypatch.setattr(ItemTable, "add", slow_add)
     late = vectors(1, seed=11)
@@ -206,11 +206,11 @@ def test_a_failed_apply_stops_writes_and_a_restart_recovers_the_logged_write(tmp
     real_add = ItemTable.add
     calls = {"n": 0}
 
-    def failing_add(self, first, item_ids):
+    def failing_add(self, first, item_ids, metadata=None):
         calls["n"] += 1
         if item_ids == ["boom"]:
             raise MemoryError("simulated")
-        return real_add(self, first, item_ids)
+        return real_add(self, first, item_ids, metadata)
 
     monkeypatch.setattr(ItemTable, "add", failing_add)
     with pytest.raises(Unavailable, match="in the log but could not be applied"):

@@ -79,8 +79,9 @@ class FakeShard:
         ]
 
     async def search(
-        self, collection, queries, k, nprobe, recall_target, timeout, exclude_ids=None, payloads=False
-    ):
+        self, collection, queries, k, nprobe, recall_target, timeout, exclude_ids=None, payloads=False,
+        where="", exact=False,
+    ):  # fmt: skip
         self.searches.append({"k": k, "exclude": exclude_ids})
         hits = [
             Hit(i, float(v @ queries[0]), {}) for i, v in self.items.items() if i not in (exclude_ids or [])

@@ -149,7 +149,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         raise SystemExit("give one of --image, --text, --id, --vector-file")
     with gateway_client(args) as client:
-        response = client.search(args.collection, k=args.k, **query)
+        response = client.search(
+            args.collection,
+            k=args.k,
+            filter=args.filter,
+            recall_target=args.recall_target,
+            exact=args.exact,
+            **query,
+        )
     if args.json:
         from google.protobuf.json_format import MessageToDict
 
@@ -170,6 +177,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"shards {response.shards_answered}/{response.shards_queried}, "
         f"generations {dict(response.generations)}, cached {response.cached}; {timings}"
     )
+    for info in response.shard_info:
+        depth = f", {info.depth:.1f} lists/ef" if info.plan == "index" else ""
+        took = f"{info.seconds * 1000:.1f}ms"
+        print(f"  shard {info.shard}: {info.plan}{depth}, {info.matched} items allowed, {took}")
     return 0
 
 
@@ -201,7 +212,14 @@ def register(sub) -> None:
     gateway_arg(p)
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("search", help="search a collection by image, text, stored id or vector")
+    p = sub.add_parser(
+        "search",
+        help="search a collection by image, text, stored id or vector",
+        description="Search through the gateway. --filter keeps only items whose indexed metadata "
+        'fields match: label = "Bag"; label != "Bag"; label in ["Bag", "Sandal"]; price >= 10 and '
+        'price < 50; not (split = "test"); and, or, not, parentheses (&&, ||, ! also work). '
+        "String fields take = != in; number fields also < <= > >=.",
+    )
     p.add_argument("--collection", required=True)
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", metavar="FILE")
@@ -209,6 +227,13 @@ def register(sub) -> None:
     query.add_argument("--id", help="more like this stored item")
     query.add_argument("--vector-file", metavar="FILE", help="whitespace-separated floats")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--filter", default="", metavar="EXPR", help="e.g. 'label = \"Bag\"' (see above)")
+    p.add_argument(
+        "--recall-target", type=float, default=0.0, help="recall@10 wanted (default: the collection's)"
+    )
+    p.add_argument(
+        "--exact", action="store_true", help="score every item (slow; shows what the index misses)"
+    )
     p.add_argument("--json", action="store_true", help="the response as JSON")
     gateway_arg(p)
     p.set_defaults(func=cmd_search)
