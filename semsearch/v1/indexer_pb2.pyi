@@ -128,7 +128,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectionStats(_message.Message):
-    __slots__ = ("name", "dim", "count", "generation", "index", "factory", "data_version", "lsn", "rebuild_progress", "rebuilding", "log_bytes", "index_bytes", "rows", "disk_bytes", "broken", "rebuild_failures", "template_id", "memory_bytes", "metric")
+    __slots__ = ("name", "dim", "count", "generation", "index", "factory", "data_version", "lsn", "rebuild_progress", "rebuilding", "log_bytes", "index_bytes", "rows", "disk_bytes", "broken", "rebuild_failures", "template_id", "memory_bytes", "metric", "drift", "estimated_recall", "recall_samples")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,9 @@ class CollectionStats(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_RECALL_FIELD_NUMBER: _ClassVar[int]
+    RECALL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     count: int
@@ -167,7 +170,10 @@ class CollectionStats(_message.Message):
     template_id: str
     memory_bytes: int
     metric: str
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ..., index: _Optional[str] = ..., factory: _Optional[str] = ..., data_version: _Optional[int] = ..., lsn: _Optional[int] = ..., rebuild_progress: _Optional[float] = ..., rebuilding: _Optional[bool] = ..., log_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., broken: _Optional[str] = ..., rebuild_failures: _Optional[int] = ..., template_id: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., metric: _Optional[str] = ...) -> None: ...
+    drift: float
+    estimated_recall: float
+    recall_samples: int
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ..., index: _Optional[str] = ..., factory: _Optional[str] = ..., data_version: _Optional[int] = ..., lsn: _Optional[int] = ..., rebuild_progress: _Optional[float] = ..., rebuilding: _Optional[bool] = ..., log_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., broken: _Optional[str] = ..., rebuild_failures: _Optional[int] = ..., template_id: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., metric: _Optional[str] = ..., drift: _Optional[float] = ..., estimated_recall: _Optional[float] = ..., recall_samples: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("shard", "num_shards", "collections", "disk_free_bytes", "catalog_version")

@@ -106,6 +106,11 @@ class Collection(Rebuilds, Searches):
         self._calibration_thread: threading.Thread | None = None
         self.calibrated_rows = 0  # rows when the recall tables were last measured, and when
         self.calibrated_at = 0.0
+        # Drift of the slice from what its index was built on (drift.py): the template's baseline, the
+        # last measured ratio (0: unknown) and when it was measured.
+        self.drift_baseline = 0.0
+        self.drift = 0.0
+        self._drift_at = 0.0
 
     # --- properties ---------------------------------------------------------------------------
 
@@ -162,6 +167,9 @@ class Collection(Rebuilds, Searches):
                     manifest.get("eps_table", []), manifest["template_bytes"],
                 )  # fmt: skip
                 self.template_id = manifest["template_id"]
+                installed = self._installed_template()
+                if installed is not None and installed["id"] == self.template_id:
+                    self.drift_baseline = float(installed.get("baseline", 0.0))
             snapshots.remove_unpublished(self.directory, keep=manifest["dir"])
         for stale in self.directory.glob("vectors-*"):
             if stale != self.store.path:

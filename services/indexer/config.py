@@ -37,6 +37,8 @@ class ShardSettings:
     # Share of live index searches the recall monitor re-runs exactly, and at most how many a second.
     recall_sample_rate: float = 0.01
     recall_samples_per_s: float = 2.0
+    # Shard 0 trains a collection again when its data drifted this far from its index (drift.py).
+    retrain_drift: float = 1.25
 
     @classmethod
     def from_env(cls, environ=None) -> ShardSettings:
@@ -70,4 +72,5 @@ class ShardSettings:
             auto_train_interval_s=env.float("SEMSEARCH_AUTO_TRAIN_INTERVAL_S", 10.0, minimum=0.1),
             recall_sample_rate=env.float("SEMSEARCH_RECALL_SAMPLE_RATE", 0.01, minimum=0),
             recall_samples_per_s=env.float("SEMSEARCH_RECALL_SAMPLES_PER_S", 2.0, minimum=0),
+            retrain_drift=env.float("SEMSEARCH_RETRAIN_DRIFT", 1.25, minimum=1.0),
         )

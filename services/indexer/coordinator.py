@@ -3,7 +3,9 @@ recall table, install it on every shard (each rebuilds its slice in the backgrou
 
 Shard 0 runs this (`AutoTrainer`): by itself when a collection reaches its threshold, or when asked
 through its Train RPC. The shards' own state decides whether a collection is trained (any shard holding
-a template means yes), so gateways, tools and restarts never train twice."""
+a template means yes), so gateways, tools and restarts never train twice. A trained collection is
+trained again, on a fresh sample, when its data drifted from what the index was built on (drift.py)
+past `retrain_drift`; searches go on against the old index until each shard swaps the new one in."""
 
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ from services.indexer import index_ops
 log = logging.getLogger(__name__)
 
 HELD_OUT_QUERIES = 500
+# Retrain when the shards' drift reaches this (the index quantizes the data 25% worse than when built),
+# at most once per RETRAIN_MIN_INTERVAL_S per collection.
+DEFAULT_RETRAIN_DRIFT = 1.25
+RETRAIN_MIN_INTERVAL_S = 600.0
 # Templates of large collections exceed gRPC's default 4 MB message size.
 TRAIN_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.max_send_message_length", 1 << 30)]
 
@@ -130,11 +136,25 @@ class AutoTrainer:
     """Shard 0's training coordinator over all shards (`peers`, in shard order, itself included);
     `collections()` gives the catalog's current collections."""
 
-    def __init__(self, peers: Sequence[str], collections: Callable[[], list[CollectionConfig]]) -> None:
+    def __init__(
+        self,
+        peers: Sequence[str],
+        collections: Callable[[], list[CollectionConfig]],
+        retrain_drift: float = DEFAULT_RETRAIN_DRIFT,
+    ) -> None:
         self.peers = list(peers)
         self.collections = collections
+        self.retrain_drift = retrain_drift
         self._running: set[str] = set()
+        self._retrained_at: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _drift(name: str, stats: Sequence[indexer_pb2.CollectionStats]) -> float:
+        """The collection's drift: its shards' (drift.py), weighted by their sizes (0 while unknown)."""
+        measured = [(c.drift, c.count) for c in stats if c.drift > 0]
+        total = sum(n for _, n in measured)
+        return sum(d * n for d, n in measured) / total if total else 0.0
 
     def _config(self, name: str) -> CollectionConfig:
         for config in self.collections():
@@ -177,11 +197,23 @@ class AutoTrainer:
                     log.info("auto-train of %s waits: %s", name, exc)
                     continue
                 total = sum(c.count for c in stats)
-                if any(c.template_id for c in stats) or total < config.train_threshold:
+                retrain = False
+                if any(c.template_id for c in stats):
+                    drift = self._drift(name, stats)
+                    if drift < self.retrain_drift or any(c.rebuilding for c in stats):
+                        continue
+                    if time.monotonic() - self._retrained_at.get(name, -1e9) < RETRAIN_MIN_INTERVAL_S:
+                        continue
+                    log.info("collection %s drifted from its index (%.2f >= %.2f): training it again on "
+                             "today's data", name, drift, self.retrain_drift)  # fmt: skip
+                    self._retrained_at[name] = time.monotonic()
+                    retrain = True
+                elif total < config.train_threshold:
                     continue
-                log.info("collection %s reached %d vectors: building its index", name, total)
+                else:
+                    log.info("collection %s reached %d vectors: building its index", name, total)
                 try:
-                    report = self.train(name)
+                    report = self.train(name, retrain=retrain)
                     log.info("collection %s: template installed, rebuilding to generations %s", name,
                              report["next_generations"])  # fmt: skip
                 except FailedPrecondition as exc:

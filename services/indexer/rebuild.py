@@ -16,7 +16,7 @@ import numpy as np
 
 from semsearch.core.durable import atomic_write
 from semsearch.core.errors import InvalidArgument
-from services.indexer import index_ops, search_ops
+from services.indexer import drift, index_ops, search_ops
 from services.indexer.depth import EPS_LADDER, IvfDepth
 from services.indexer.searches import MAX_ADAPTIVE_LISTS
 from services.indexer.store import VectorStore
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 REBUILD_CHUNK = 65_536
 # The recall table is re-measured on the rebuilt slice with this many stored vectors as queries.
 TABLE_QUERIES = 200
-TABLE_MIN_VECTORS = 5_000
+TABLE_MIN_VECTORS = 1_000
 # Dead rows (replaced or deleted items) are compacted away once they are this share of all rows and at
 # least COMPACT_MIN_DEAD: disk and memory then stay within 1/(1-share) = 1.33x of the live data.
 COMPACT_DEAD_SHARE = 0.25
@@ -110,6 +110,8 @@ class Rebuilds:
         due re-measurement of the recall tables."""
         if self.rebuilding or self.broken or time.monotonic() < self._next_rebuild_at:
             return
+        if self.index is not None and time.monotonic() - self._drift_at >= drift.INTERVAL_S:
+            self.measure_drift()
         if self._pending_template() is not None or self.needs_compaction():
             with self._apply:
                 if not self.rebuilding:
@@ -121,6 +123,30 @@ class Rebuilds:
                 target=self.recalibrate, name=f"calibrate-{self.name}", daemon=True
             )
             self._calibration_thread.start()
+
+    def _drift_baseline(self, template: dict, index: faiss.Index, store: VectorStore, rows: int) -> float:
+        """The template's drift baseline: measured on the first slice built from it and kept with it."""
+        if "baseline" in template or not index_ops.is_ivf(index):
+            return float(template.get("baseline", 0.0))
+        rng = np.random.default_rng(rows)
+        sample = store.get(np.sort(rng.choice(rows, size=min(drift.SAMPLE * 4, rows), replace=False)))
+        template = dict(template, baseline=drift.mean_distance(IvfDepth(index), sample))
+        with self._apply:  # install_template writes it under this lock too: never over a newer template
+            installed = self._installed_template()
+            if installed is not None and installed["id"] == template["id"]:
+                atomic_write(self.directory / "template.json", json.dumps(template).encode())
+        return template["baseline"]
+
+    def measure_drift(self) -> None:
+        """The slice's drift from its template's baseline, on a uniform sample of live rows (drift.py)."""
+        view = self._view()
+        if view.ivf_depth is None or self.drift_baseline <= 0:
+            return
+        live = np.nonzero(view.allowed)[0]
+        rng = np.random.default_rng(view.rows)
+        sample = view.store.get(np.sort(rng.choice(live, size=min(drift.SAMPLE, len(live)), replace=False)))
+        self.drift = drift.ratio(view.ivf_depth, sample, self.drift_baseline)
+        self._drift_at = time.monotonic()
 
     def recalibration_due(self) -> bool:
         written = self.items.rows - self.calibrated_rows
@@ -203,9 +229,11 @@ class Rebuilds:
                 index_ops.add(index, chunk, first)
             self.rebuild_progress = 0.9 * min(start + REBUILD_CHUNK, len(live)) / max(len(live), 1)
         eps_table: list = []
+        baseline = 0.0
         if index is not None:
             measured, eps_table = self._measure_tables(index, store, len(live))
             table = measured or table
+            baseline = self._drift_baseline(template, index, store, len(live))
         with self._snapshot_lock:
             with self._apply:
                 # Rows written during the rebuild are copied now; rows copied earlier that died since
@@ -226,6 +254,11 @@ class Rebuilds:
                     if index is not None:
                         self._use_index(index, factory, table, eps_table, len(template_data))
                         self.template_id = template["id"]
+                        self.drift_baseline, self.drift, self._drift_at = (
+                            baseline,
+                            1.0 if baseline else 0.0,
+                            0.0,
+                        )
                     self.generation += 1
             log.info("collection %s: generation %d (%s, %d rows, default depth %d) swapped in", self.name,
                      self.generation, self.index_name, items.rows, self.default_depth)  # fmt: skip

@@ -182,8 +182,9 @@ class Searches:
         slots = np.empty((len(queries), k), dtype=np.int64)
         depths = []
         adaptive = not depth and view.ivf_depth is not None and self.eps_table
-        if not depth and not adaptive:
+        if not depth and not adaptive:  # from the table, raised like eps when the monitor saw too little
             depth = index_ops.depth_for_recall(self.depth_table, target) if self.depth_table else 1
+            depth = int(np.ceil(depth * (1.0 + self.eps_extra)))
         for begin in range(0, len(queries), step):
             chunk = queries[begin : begin + step]
             if adaptive:

@@ -333,6 +333,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         )
         loaded = self.shard.loaded
         for c in list(self.shard.collections.values()):
+            recall, samples = self.shard.monitor.estimate(c.name)
             response.collections.add(
                 name=c.name,
                 dim=c.config.dim,
@@ -353,6 +354,9 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
                 template_id=c.installed_template_id if loaded else "",
                 memory_bytes=c.memory_bytes() if loaded else 0,
                 metric=c.config.metric,
+                drift=c.drift,
+                estimated_recall=recall,
+                recall_samples=samples,
             )
         return response
 

@@ -46,7 +46,7 @@ class Shard:
                 (f"{settings.host}:{settings.port}",) if settings.num_shards == 1 else ()
             )
             if peers:
-                self.trainer = AutoTrainer(peers, self.configs)
+                self.trainer = AutoTrainer(peers, self.configs, settings.retrain_drift)
             else:
                 log.warning("SEMSEARCH_PEERS is not set: shard 0 cannot coordinate training of %d shards",
                             settings.num_shards)  # fmt: skip

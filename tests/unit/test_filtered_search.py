@@ -12,6 +12,7 @@ import pytest
 from semsearch.core.collections import CollectionConfig, FieldSpec
 from semsearch.core.errors import InvalidArgument
 from semsearch.core.filters import check, parse
+from semsearch.v1 import indexer_pb2
 from services.indexer import index_ops, metrics, searches
 from services.indexer.collection import Collection
 from services.indexer.monitor import RecallMonitor
@@ -27,10 +28,12 @@ CONFIG = CollectionConfig(
 )
 
 
-def vectors(n: int, seed: int = 0, shift: float = 0.0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(20, DIM))
-    x = centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, DIM)) + shift
+def vectors(n: int, seed: int = 0, kind: int = 0) -> np.ndarray:
+    """n unit vectors around 20 centres; `kind` picks the centres (another kind of data), `seed` the
+    draws."""
+    centres = np.random.default_rng(kind).normal(size=(20, DIM))
+    rng = np.random.default_rng(1000 + seed)
+    x = centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, DIM))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -207,7 +210,7 @@ def test_new_kinds_of_data_keep_the_recall_target(tmp_path):
     table = index_ops.measure_depth_table(template, sample[100:], sample[:100], CONFIG.rerank_depth(10))
     c.install_template(index_ops.serialize(template), CONFIG.factory, table)
     c._rebuild_thread.join()
-    new = vectors(600, seed=99)  # other centres
+    new = vectors(600, kind=99)  # other centres
     c.upsert([f"n{j}" for j in range(600)], new, [{}] * 600)
     both = np.concatenate([x, new])
     names = [f"i{j}" for j in range(N)] + [f"n{j}" for j in range(600)]
@@ -222,11 +225,11 @@ def test_new_kinds_of_data_keep_the_recall_target(tmp_path):
         return float(np.mean([len(f & t) / 10 for f, t in zip(found, truth)])), outcome.depth
 
     fixed, _ = recall(c.default_depth)
-    before, _ = recall(0)
-    assert fixed < 0.95, fixed  # what a fixed depth from the training data's table gives
+    adaptive, lists = recall(0)
+    # A fixed depth from the training data's table loses recall; each query's own depth keeps it.
+    assert fixed < 0.95 <= adaptive, (fixed, adaptive, lists, c.default_depth)
     c.recalibrate()  # what maintenance does after enough new rows: half the queries from them
-    after, lists = recall(0)
-    assert after >= 0.95 and after >= before, (fixed, before, after, lists)
+    assert recall(0)[0] >= 0.95
     c.close()
 
 
@@ -262,4 +265,44 @@ def test_a_filter_on_an_empty_slice_finds_nothing(tmp_path: Path):
     c.load()
     found, outcome = search(c, vectors(1)[0], 'label = "x"')
     assert found == [] and outcome.matched == 0
+    c.close()
+
+
+def test_drift_grows_with_new_kinds_of_data_and_shard_0_retrains(tmp_path, monkeypatch):
+    c = Collection(CONFIG, tmp_path / "c", fsync=False, min_free_bytes=0)
+    c.load()
+    x = vectors(N)
+    for s in range(0, N, 1000):
+        c.upsert([f"i{j}" for j in range(s, s + 1000)], x[s : s + 1000], [{}] * 1000)
+    sample = c.sample(5_000, seed=0)
+    template = index_ops.train_template(sample, CONFIG.factory)
+    c.install_template(index_ops.serialize(template), CONFIG.factory, [(1, 0.5), (32, 1.0)])
+    c._rebuild_thread.join()
+    c.measure_drift()
+    assert 0.9 < c.drift < 1.1, c.drift
+    c.upsert([f"more{j}" for j in range(2000)], vectors(2000, seed=3), [{}] * 2000)  # the same kind
+    c.measure_drift()
+    assert 0.9 < c.drift < 1.1, c.drift
+    c.upsert([f"new{j}" for j in range(4000)], vectors(4000, kind=99), [{}] * 4000)  # another kind
+    c.measure_drift()
+    assert c.drift > 1.25, c.drift
+    c.compact()  # a compaction rebuilds from the same template and keeps its baseline
+    c.measure_drift()
+    assert c.drift > 1.25, c.drift
+
+    from services.indexer import coordinator
+
+    stats = [
+        indexer_pb2.CollectionStats(name="shop", count=14_000, template_id="t", drift=c.drift),
+        indexer_pb2.CollectionStats(name="shop", count=14_000, template_id="t", drift=1.0),
+    ]
+    monkeypatch.setattr(coordinator, "collection_stats", lambda stubs, name: stats)
+    trained = []
+    trainer = coordinator.AutoTrainer(["127.0.0.1:1"], lambda: [CONFIG], retrain_drift=1.1)
+    monkeypatch.setattr(trainer, "train", lambda name, retrain=False: trained.append((name, retrain)) or {
+        "next_generations": [2, 2]})  # fmt: skip
+    trainer.check()
+    assert trained == [("shop", True)]  # weighted drift (c.drift + 1) / 2 > 1.1
+    trainer.check()
+    assert trained == [("shop", True)], "retrained at most once per interval"
     c.close()
