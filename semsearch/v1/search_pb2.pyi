@@ -207,7 +207,7 @@ class CollectionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., index: _Optional[str] = ..., generations: _Optional[_Mapping[int, int]] = ..., shards_answered: _Optional[int] = ..., shards_total: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.CollectionSpec, _Mapping]] = ..., state: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardUsage, _Mapping]]] = ...) -> None: ...
 
 class ShardUsage(_message.Message):
-    __slots__ = ("shard", "count", "rows", "disk_bytes", "memory_bytes", "generation", "rebuilding", "rebuild_progress")
+    __slots__ = ("shard", "count", "rows", "disk_bytes", "memory_bytes", "generation", "rebuilding", "rebuild_progress", "drift", "estimated_recall", "recall_samples")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +216,9 @@ class ShardUsage(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     REBUILDING_FIELD_NUMBER: _ClassVar[int]
     REBUILD_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_RECALL_FIELD_NUMBER: _ClassVar[int]
+    RECALL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     shard: int
     count: int
     rows: int
@@ -224,7 +227,10 @@ class ShardUsage(_message.Message):
     generation: int
     rebuilding: bool
     rebuild_progress: float
-    def __init__(self, shard: _Optional[int] = ..., count: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., rebuilding: _Optional[bool] = ..., rebuild_progress: _Optional[float] = ...) -> None: ...
+    drift: float
+    estimated_recall: float
+    recall_samples: int
+    def __init__(self, shard: _Optional[int] = ..., count: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., rebuilding: _Optional[bool] = ..., rebuild_progress: _Optional[float] = ..., drift: _Optional[float] = ..., estimated_recall: _Optional[float] = ..., recall_samples: _Optional[int] = ...) -> None: ...
 
 class ListCollectionsResponse(_message.Message):
     __slots__ = ("collections",)

@@ -101,3 +101,6 @@ class ShardCollection:
     rebuilding: bool = False
     rebuild_progress: float = 0.0
     template_id: str = ""
+    drift: float = 0.0
+    estimated_recall: float = 0.0
+    recall_samples: int = 0

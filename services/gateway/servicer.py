@@ -196,6 +196,9 @@ def _info(view: CollectionView) -> search_pb2.CollectionInfo:
                 generation=c.generation,
                 rebuilding=c.rebuilding,
                 rebuild_progress=c.rebuild_progress,
+                drift=c.drift,
+                estimated_recall=c.estimated_recall,
+                recall_samples=c.recall_samples,
             )
             for shard, c in sorted(view.shards.items())
         ],

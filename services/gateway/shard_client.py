@@ -199,6 +199,9 @@ class ShardClient:
                 c.rebuilding,
                 c.rebuild_progress,
                 c.template_id,
+                c.drift,
+                c.estimated_recall,
+                c.recall_samples,
             )
             for c in response.collections
         ]

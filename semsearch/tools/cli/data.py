@@ -90,10 +90,23 @@ def cmd_collections_describe(args: argparse.Namespace) -> int:
     )
     rows = [
         (s.shard, s.count, s.rows, f"{s.disk_bytes / 2**20:.1f}", f"{s.memory_bytes / 2**20:.1f}",
-         s.generation, f"{s.rebuild_progress:.0%}" if s.rebuilding else "no")
+         s.generation, f"{s.rebuild_progress:.0%}" if s.rebuilding else "no",
+         f"{s.drift:.2f}" if s.drift else "-",
+         f"{s.estimated_recall:.3f} ({s.recall_samples})" if s.recall_samples else "-")
         for s in info.shards
     ]  # fmt: skip
-    print(table(["shard", "items", "rows", "disk MB", "memory MB", "generation", "rebuilding"], rows))
+    headers = [
+        "shard",
+        "items",
+        "rows",
+        "disk MB",
+        "memory MB",
+        "generation",
+        "rebuilding",
+        "drift",
+        "recall",
+    ]
+    print(table(headers, rows))
     return 0
 
 
