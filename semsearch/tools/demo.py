@@ -63,6 +63,10 @@ def run_demo(repository: Path, home: Path, *, limit: int | None = None, shards: 
             client.search("images", image=images.png(0), k=5),
         )
         _show("More like item fmnist-train-1:", client.search("images", id="fmnist-train-1", k=5))
+        _show(
+            'The same image, only among sandals (filter: label = "Sandal"):',
+            client.search("images", image=images.png(0), k=5, filter='label = "Sandal"'),
+        )
         for query in TEXT_QUERIES:
             _show(
                 f'Search by text: "{query}"', client.search("texts", text=query, k=3, include_payloads=True)

@@ -32,7 +32,7 @@ from services.indexer.fields import FieldColumns
 from services.indexer.items import ItemTable
 from services.indexer.payloads import PayloadStore
 from services.indexer.rebuild import Rebuilds
-from services.indexer.searches import Searches
+from services.indexer.searches import EXACT_FILTERED_MAX, Searches
 from services.indexer.store import VectorStore
 from services.indexer.wal import WriteAheadLog
 
@@ -88,6 +88,7 @@ class Collection(Rebuilds, Searches):
         # Added to the calibrated eps by the recall monitor when live queries get less recall than asked.
         self.eps_extra = 0.0
         self.monitor = None  # the shard's RecallMonitor, when it runs one
+        self.exact_filter_max = EXACT_FILTERED_MAX
         self.template_bytes = 0
         self.template_id = ""
         self.generation = 0

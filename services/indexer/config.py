@@ -39,6 +39,8 @@ class ShardSettings:
     recall_samples_per_s: float = 2.0
     # Shard 0 trains a collection again when its data drifted this far from its index (drift.py).
     retrain_drift: float = 1.25
+    # A filter matching at most this many items of a slice is answered by scoring them exactly.
+    exact_filter_max: int = 5_000
 
     @classmethod
     def from_env(cls, environ=None) -> ShardSettings:
@@ -73,4 +75,5 @@ class ShardSettings:
             recall_sample_rate=env.float("SEMSEARCH_RECALL_SAMPLE_RATE", 0.01, minimum=0),
             recall_samples_per_s=env.float("SEMSEARCH_RECALL_SAMPLES_PER_S", 2.0, minimum=0),
             retrain_drift=env.float("SEMSEARCH_RETRAIN_DRIFT", 1.25, minimum=1.0),
+            exact_filter_max=env.int("SEMSEARCH_INDEXER_EXACT_FILTER_MAX", 5_000, minimum=0),
         )

@@ -37,6 +37,7 @@ class Sample:
     rows: int
     store: object  # the VectorStore the search read
     target: float
+    adaptive: bool  # its depth came from the rule (the feedback adjusts only those)
 
 
 class RecallMonitor:
@@ -49,6 +50,7 @@ class RecallMonitor:
         self._tokens = max_per_second
         self._refilled = time.monotonic()
         self._results: dict[str, collections.deque[tuple[float, float]]] = {}
+        self._feedback: dict[str, collections.deque[tuple[float, float]]] = {}
         self._since_feedback: dict[str, int] = {}
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -73,7 +75,7 @@ class RecallMonitor:
                     break
                 self._tokens -= 1
                 sample = Sample(collection, queries[i].copy(), outcome.slots[i].copy(), outcome.packed,
-                                outcome.rows, outcome.store, target)  # fmt: skip
+                                outcome.rows, outcome.store, target, outcome.adaptive)  # fmt: skip
                 self._queue.append(sample)
             self._cond.notify()
 
@@ -118,20 +120,26 @@ class RecallMonitor:
         )
         wanted = set(truth[0][truth[0] >= 0].tolist())
         recall = len(wanted & set(sample.served.tolist())) / len(wanted) if wanted else 1.0
-        self.record(c, recall, sample.target)
+        self.record(c, recall, sample.target, sample.adaptive)
         return recall
 
-    def record(self, collection, recall: float, target: float) -> None:
+    def record(self, collection, recall: float, target: float, adaptive: bool = True) -> None:
+        """One sample's recall: into the published estimate; and, for searches whose depth the rule
+        chose, into the feedback (a search with a fixed nprobe got what it asked for)."""
         name = collection.name
         results = self._results.setdefault(name, collections.deque(maxlen=WINDOW))
         results.append((recall, target))
         metrics.RECALL_SAMPLES.labels(name).inc()
         metrics.ESTIMATED_RECALL.labels(name).set(float(np.mean([r for r, _ in results])))
+        if not adaptive:
+            return
+        feedback = self._feedback.setdefault(name, collections.deque(maxlen=FEEDBACK_SAMPLES))
+        feedback.append((recall, target))
         self._since_feedback[name] = self._since_feedback.get(name, 0) + 1
-        if self._since_feedback[name] < FEEDBACK_SAMPLES or len(results) < FEEDBACK_SAMPLES:
+        if self._since_feedback[name] < FEEDBACK_SAMPLES or len(feedback) < FEEDBACK_SAMPLES:
             return
         self._since_feedback[name] = 0
-        recent = list(results)[-FEEDBACK_SAMPLES:]
+        recent = list(feedback)
         got, asked = np.mean([r for r, _ in recent]), np.mean([t for _, t in recent])
         extra = collection.eps_extra
         if got < asked - 0.01:
@@ -151,4 +159,5 @@ class RecallMonitor:
 
     def forget(self, name: str) -> None:
         self._results.pop(name, None)
+        self._feedback.pop(name, None)
         self._since_feedback.pop(name, None)

@@ -3,7 +3,7 @@ query's depth, apply filters, keep the k-hit promise, and hand samples to the re
 
 Plans. Without an index (or with `exact`) every allowed slot is scored exactly. With a filter, the
 filter becomes a mask over the slots (fields.py) and the shard counts the matching items: few
-(at most EXACT_FILTERED_MAX) are gathered and scored exactly, which is cheaper than any index walk and
+(at most exact_filter_max) are gathered and scored exactly, which is cheaper than any index walk and
 exact; more are searched through the index with an id selector of the mask and a depth raised for the
 share that matches (a filter keeping a share s of the items leaves about s of each probed list, so the
 index is searched about 1/s deeper, up to every list). Whatever the plan, a query gets k hits whenever
@@ -23,10 +23,13 @@ from services.indexer.items import ItemTable
 from services.indexer.store import VectorStore
 
 # A filter matching at most this many items of a slice is answered by an exact scan of those items
-# (chosen on the synthetic set of `semsearch eval search`: below it the scan is also the faster plan).
-EXACT_FILTERED_MAX = 20_000
+# (the default of Collection.exact_filter_max, SEMSEARCH_INDEXER_EXACT_FILTER_MAX).
+EXACT_FILTERED_MAX = 5_000
 # The widest coarse step of an adaptive search (lists), beyond which an exact scan is cheaper.
 MAX_ADAPTIVE_LISTS = 1024
+# A query that probes many more lists than the slice's own items do sits where the index's codes
+# describe the data poorly (a new kind of data): up to this many times more candidates are re-ranked.
+MAX_RERANK_WIDEN = 10.0
 
 
 @dataclass
@@ -42,6 +45,7 @@ class SearchOutcome:
     index: str
     depth: float
     plan: str = "exact"
+    adaptive: bool = False  # each query's depth chosen by the rule (depth.py), not fixed
     matched: int = 0
     packed: np.ndarray | None = None
     rows: int = 0
@@ -133,13 +137,14 @@ class Searches:
         if (
             exact
             or view.index is None
-            or (where is not None and (matched <= EXACT_FILTERED_MAX or 2 * k >= matched))
+            or (where is not None and (matched <= self.exact_filter_max or 2 * k >= matched))
         ):
             outcome.scores, outcome.slots = self._exact(view, queries, k, allowed, matched)
             return outcome
         share = matched / max(view.live, 1)
         target = recall_target or self.config.recall_target
         outcome.plan = "index"
+        outcome.adaptive = not depth and view.ivf_depth is not None and bool(self.eps_table)
         outcome.scores, outcome.slots, outcome.depth = self._index_search(
             view, queries, k, depth, max(rerank, k), packed, share, target
         )
@@ -177,11 +182,14 @@ class Searches:
     def _index_search(self, view, queries, k, depth, rerank, packed, share, target):
         """(scores, slots, mean depth): index candidates re-ranked exactly. Depth: `depth` when given (a
         fixed nprobe or efSearch), else per query; raised by 1/share for a filter keeping that share."""
-        step = search_ops.chunks_for(len(queries), rerank * self.config.dim * 4, self.search_budget_bytes)
+        adaptive = not depth and view.ivf_depth is not None and self.eps_table
+        widest = rerank * (MAX_RERANK_WIDEN if adaptive else 1)
+        step = search_ops.chunks_for(
+            len(queries), int(widest) * self.config.dim * 4, self.search_budget_bytes
+        )
         scores = np.empty((len(queries), k), dtype=np.float32)
         slots = np.empty((len(queries), k), dtype=np.int64)
         depths = []
-        adaptive = not depth and view.ivf_depth is not None and self.eps_table
         if not depth and not adaptive:  # from the table, raised like eps when the monitor saw too little
             depth = index_ops.depth_for_recall(self.depth_table, target) if self.depth_table else 1
             depth = int(np.ceil(depth * (1.0 + self.eps_extra)))
@@ -191,13 +199,17 @@ class Searches:
                 model = view.ivf_depth
                 ceiling = min(model.nlist, MAX_ADAPTIVE_LISTS)
                 probes = model.probes(chunk, ceiling)
-                eps = eps_for_recall(self.eps_table, target) + self.eps_extra
-                chosen = model.depths(probes, eps, floor=1, ceiling=ceiling)
+                calibrated = eps_for_recall(self.eps_table, target)
+                chosen = model.depths(probes, calibrated + self.eps_extra, floor=1, ceiling=ceiling)
+                typical = next(lists for e, _, lists in self.eps_table if e == calibrated)
+                widen = np.clip(chosen / max(typical, 1.0), 1.0, MAX_RERANK_WIDEN)
+                per_query = np.ceil(rerank * widen).astype(np.int64)
                 if share < 1.0:
                     chosen = np.minimum(ceiling, np.ceil(chosen / share)).astype(np.int64)
                 params = search_ops.ivf_params(packed)
                 with self._index_lock:
-                    candidates = model.search(probes, chosen, rerank, params)
+                    candidates = model.search(probes, chosen, int(per_query.max()), params)
+                candidates[np.arange(candidates.shape[1])[None, :] >= per_query[:, None]] = -1
                 depths.append(chosen)
             else:
                 fixed = min(index_ops.max_depth(view.index), int(np.ceil(depth / share)))

@@ -73,6 +73,7 @@ class Shard:
             search_budget_bytes=self.settings.search_budget_bytes,
             min_free_bytes=self.settings.min_free_bytes,
         )
+        collection.exact_filter_max = self.settings.exact_filter_max
         collection.load()
         collection.monitor = self.monitor
         self.collections[entry.config.name] = collection

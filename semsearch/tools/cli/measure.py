@@ -53,6 +53,21 @@ def cmd_eval_embedder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_search(args: argparse.Namespace) -> int:
+    from semsearch.tools.eval_search import evaluate_search
+
+    rows, summary = evaluate_search(
+        repository_of(args), n=args.n, dim=args.dim, new=args.new, queries=args.queries, seed=args.seed,
+        new_seed=args.new_seed, shards=args.shards, sample_rate=args.sample_rate,
+        exact_filter_max=args.exact_filter_max,
+    )  # fmt: skip
+    out = sys.stderr if args.json else sys.stdout
+    print(table(["searches", "recall@10", "p50 ms", "p99 ms", "lists/query", "plans"], rows), file=out)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def cmd_bench_embedder(args: argparse.Namespace) -> int:
     from semsearch.tools.bench.embedder import bench
     from services.embedder.config import triton_url_from_env
@@ -143,6 +158,34 @@ def register(sub) -> None:
     repository_arg(p)
     triton_arg(p)
     p.set_defaults(func=cmd_eval_embedder)
+
+    p = evsub.add_parser(
+        "search",
+        help="filtered recall by selectivity, recall on a new kind of data, the recall monitor",
+        description="On a private stack: ingest N clustered vectors (one kind), let shard 0 train, "
+        "then measure through the gateway against numpy exact search: recall@10 and p50 of "
+        "filters keeping 0.1%%, 1%%, 10%%, 50%% of the items; a fixed nprobe as chosen today (the "
+        "smallest reaching 0.95) against each query's own depth; recall after adding vectors of "
+        "another kind and querying them; the recall monitor's estimate against the measured "
+        "recall. Prints a table (stderr with --json) and, last, one JSON object.",
+    )
+    p.add_argument("--json", action="store_true", help="print the table to stderr, JSON to stdout")
+    p.add_argument("--n", type=int, default=200_000, help="vectors of the first kind (default 200,000)")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--new", type=int, default=10_000, help="vectors of another kind added later (10,000)")
+    p.add_argument("--queries", type=int, default=200, help="held-out queries of each kind (default 200)")
+    p.add_argument("--seed", type=int, default=1, help="the first kind's generator seed")
+    p.add_argument("--new-seed", type=int, default=2, help="the other kind's generator seed")
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument(
+        "--sample-rate",
+        type=float,
+        default=0.25,
+        help="share of searches the monitor re-runs (stack default 0.01)",
+    )
+    p.add_argument("--exact-filter-max", type=int, help="the shards' SEMSEARCH_INDEXER_EXACT_FILTER_MAX")
+    repository_arg(p)
+    p.set_defaults(func=cmd_eval_search)
 
     bench = sub.add_parser("bench", help="measure speed against the raw engines")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="TARGET")
