@@ -12,8 +12,10 @@ LOG=var/setup.log
 
 # dataset-fashion-mnist, fortunes: the demo's real data. redis-server: the cache. prometheus: promtool
 # checks deploy/prometheus/ and `semsearch up --with-prometheus`. libfuse2: mfusepy mounts the
-# power-cut filesystem of tests/powercut.py (as root, no fusermount needed).
-APT_PACKAGES=(dataset-fashion-mnist fortunes redis-server prometheus libfuse2)
+# power-cut filesystem of tests/powercut.py (as root, no fusermount needed). chromium,
+# chromium-driver: the headless browser of the explorer's tests (Selenium drives this one; nothing
+# downloads a browser).
+APT_PACKAGES=(dataset-fashion-mnist fortunes redis-server prometheus libfuse2 chromium chromium-driver)
 PYTHON="${PYTHON:-python3}"
 
 step() { printf 'setup: %s\n' "$*"; }

@@ -223,6 +223,21 @@ class SemsearchClient:
         request = search_pb2.DropCollectionRequest(name=name)
         self.stub.DropCollection(request, timeout=self.timeout_s * 4, metadata=self.metadata)
 
+    def sample_items(
+        self, collection: str, n: int, seed: int = 0, timeout_s: float = 300.0
+    ) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
+        """A uniform random sample of up to n items: ids, vectors [m, dim] and metadata."""
+        request = search_pb2.SampleItemsRequest(collection=collection, n=n, seed=seed)
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        metadata: list[dict[str, str]] = []
+        for chunk in self.stub.SampleItems(request, timeout=timeout_s, metadata=self.metadata):
+            ids += chunk.ids
+            vectors.append(np.frombuffer(chunk.vectors, dtype="<f4").reshape(len(chunk.ids), chunk.dim))
+            metadata += [dict(m.values) for m in chunk.metadata]
+        dim = vectors[0].shape[1] if vectors else 0
+        return ids, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32), metadata
+
     def describe_collection(self, name: str) -> search_pb2.CollectionInfo:
         request = search_pb2.DescribeCollectionRequest(name=name)
         return self.stub.DescribeCollection(request, timeout=self.timeout_s, metadata=self.metadata)

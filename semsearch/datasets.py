@@ -70,17 +70,21 @@ class LabelledTexts:
 
 def fortunes(directory: Path = FORTUNES_DIR, skip: tuple[str, ...] = ("ascii-art",)) -> LabelledTexts:
     """The quotes of the Debian packages `fortunes` and `fortunes-min` (~15k quotes in ~40
-    categories), in a stable order: by category, then by position in its file."""
+    categories), in a stable order: by category, then by position in its file; text damaged by a
+    double encoding is repaired (ftfy)."""
     if not directory.is_dir():
         raise FileNotFoundError(
             f"{directory} not found: install the Debian package fortunes (scripts/setup.sh does)"
         )
+    import ftfy  # some quotes are UTF-8 decoded as Latin-1 twice ("HereÃ¢ÂÂs"): repaired before use
+
     texts: list[str] = []
     categories: list[str] = []
     for path in sorted(directory.iterdir()):
         if path.suffix or not path.is_file() or path.name in skip:
             continue
         for entry in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+            entry = ftfy.fix_text(entry, uncurl_quotes=False, normalization="NFC")
             text = " ".join(entry.replace("%", " ").split())
             if text:
                 texts.append(text)

@@ -1,4 +1,5 @@
-"""The local stack as real processes on 127.0.0.1: tritonserver, redis-server, N shards, the gateway."""
+"""The local stack as real processes on 127.0.0.1: tritonserver, redis-server, N shards, the gateway, and
+optionally the explorer (the web app) and Prometheus."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class StackState:
     triton_http: str = ""
     supervisor_pid: int = 0
     socket: str = ""
+    explorer: str = ""
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -73,6 +75,7 @@ class Stack:
         gateway_port: int | None = None,
         env: dict[str, str] | None = None,
         with_prometheus: bool = False,
+        with_explorer: bool = False,
     ) -> None:
         self.home = Path(home).resolve()
         self.model_repository = Path(model_repository)
@@ -90,6 +93,9 @@ class Stack:
         self.with_prometheus = with_prometheus
         self.prometheus: ManagedProcess | None = None
         self.prometheus_port = 0
+        self.with_explorer = with_explorer
+        self.explorer: ManagedProcess | None = None
+        self.explorer_port = 0
 
     @property
     def gateway_address(self) -> str:
@@ -215,6 +221,40 @@ class Stack:
         )
         self.gateway.start(lambda: health_serving(self.gateway_health_address, GATEWAY_SERVICE), 120)
 
+    @property
+    def explorer_url(self) -> str:
+        return f"http://127.0.0.1:{self.explorer_port}"
+
+    def start_explorer(self) -> None:
+        """The web app, a client of the gateway like any other (with the stack's first API key)."""
+        keys = [k for k in self.env.get("SEMSEARCH_API_KEYS", "").split(",") if k]
+        for attempt in range(BIND_ATTEMPTS):
+            self.explorer_port = self.explorer_port or free_port()
+            env = dict(os.environ)
+            env.update(
+                SEMSEARCH_GATEWAY=self.gateway_address,
+                SEMSEARCH_EXPLORER_HOST="127.0.0.1",
+                SEMSEARCH_EXPLORER_PORT=str(self.explorer_port),
+                SEMSEARCH_EXPLORER_DATA_DIR=str(self.home / "explorer"),
+                SEMSEARCH_LOG_FORMAT="json",
+            )
+            if keys:
+                env["SEMSEARCH_API_KEY"] = keys[0]
+            env.update({k: v for k, v in self.env.items() if k.startswith("SEMSEARCH_EXPLORER_")})
+            self.explorer = ManagedProcess(
+                "explorer",
+                [sys.executable, "-m", "services.explorer"],
+                log_path=self.home / "explorer.log",
+                env=env,
+            )
+            try:
+                self.explorer.start(lambda: _http_ok(f"{self.explorer_url}/healthz"), 60)
+                return
+            except StartupError as exc:
+                if attempt == BIND_ATTEMPTS - 1 or not is_bind_error(exc):
+                    raise
+                self.explorer_port = 0
+
     def prometheus_config(self, scrape_interval_s: int = 2) -> dict:
         """The scrape config of deploy/prometheus/prometheus.yml (same job names, same rules file)
         pointed at this stack's local ports. JSON is YAML, so no YAML library is needed."""
@@ -269,6 +309,8 @@ class Stack:
     def part_names(self) -> list[str]:
         """Every part, in start order (shard 0 last of the shards: it needs every shard's address)."""
         names = ["redis", "triton", *[f"shard-{i}" for i in [*range(1, self.num_shards), 0]], "gateway"]
+        if self.with_explorer:
+            names.append("explorer")
         return [*names, "prometheus"] if self.with_prometheus else names
 
     def start_part(self, name: str) -> None:
@@ -283,6 +325,8 @@ class Stack:
             self.start_gateway()
         elif name == "prometheus":
             self.start_prometheus()
+        elif name == "explorer":
+            self.start_explorer()
         else:
             raise ValueError(f"unknown part {name!r}")
 
@@ -291,7 +335,7 @@ class Stack:
             i = int(name.split("-", 1)[1])
             return self.shards[i] if i < len(self.shards) else None
         return {"redis": self.redis, "triton": self.triton, "gateway": self.gateway,
-                "prometheus": self.prometheus}[name]  # fmt: skip
+                "prometheus": self.prometheus, "explorer": self.explorer}[name]  # fmt: skip
 
     def part_pid(self, name: str) -> int | None:
         process = self._process_of(name)
@@ -329,6 +373,8 @@ class Stack:
         pids = {"redis": self.redis.pid, "triton": self.triton.pid, "gateway": self.gateway.pid}
         if self.prometheus is not None:
             pids["prometheus"] = self.prometheus.pid
+        if self.explorer is not None:
+            pids["explorer"] = self.explorer.pid
         pids.update({f"shard-{i}": s.process.pid for i, s in enumerate(self.shards)})
         return StackState(
             gateway=self.gateway_address,
@@ -342,6 +388,7 @@ class Stack:
             shard_metrics=[s.metrics_port for s in self.shards],
             triton_shm_prefix=self.triton.shm_prefix,
             prometheus=self.prometheus_url if self.prometheus is not None else "",
+            explorer=self.explorer_url if self.explorer is not None else "",
             pids={k: v for k, v in pids.items() if v},
         )
 
@@ -354,6 +401,8 @@ class Stack:
     def stop(self) -> None:
         if self.prometheus:
             self.prometheus.stop()
+        if self.explorer:
+            self.explorer.stop()
         if self.gateway:
             self.gateway.stop()
         for shard in self.shards:
@@ -405,6 +454,13 @@ def status_of(state: StackState, supervisor: dict | None = None) -> list[dict]:
     row("redis", state.redis_url, "serving" if redis_up else "down")
     if state.prometheus:
         row("prometheus", state.prometheus, "serving" if port_open(*_tcp(state.prometheus)) else "down")
+    if state.explorer:
+        if _http_ok(f"{state.explorer}/readyz"):
+            row("explorer", state.explorer, "serving")
+        elif _http_ok(f"{state.explorer}/healthz"):
+            row("explorer", state.explorer, "degraded", "the gateway does not answer it")
+        else:
+            row("explorer", state.explorer, "down", "not answering")
     health = state.gateway_health or state.gateway
     answered = sum(shard_up)
     coverage = f"{answered}/{len(state.shards)}"

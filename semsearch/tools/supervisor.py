@@ -110,7 +110,7 @@ class StartFailed(RuntimeError):
 
 
 def up(home: Path, repository: Path, *, shards: int, port: int | None, with_prometheus: bool,
-       timeout_s: float = 900) -> tuple[str, list[str]]:  # fmt: skip
+       with_explorer: bool = True, timeout_s: float = 900) -> tuple[str, list[str]]:  # fmt: skip
     """Make the stack in `home` run: ask a running supervisor to start its dead parts (only those), or
     stop what an earlier, dead supervisor left behind and start a new one. Returns ("running" or
     "started", what was (re)started or cleaned up)."""
@@ -128,6 +128,8 @@ def up(home: Path, repository: Path, *, shards: int, port: int | None, with_prom
         argv += ["--port", str(port)]
     if with_prometheus:
         argv.append("--with-prometheus")
+    if not with_explorer:
+        argv.append("--no-explorer")
     log_path = home / "supervisor.log"
     with open(log_path, "ab") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -320,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--port", type=int, help="gateway port (default: a free one)")
     parser.add_argument("--with-prometheus", action="store_true")
+    parser.add_argument("--no-explorer", action="store_true")
     args = parser.parse_args(argv)
     setup_logging()
     home = Path(args.home).resolve()
@@ -329,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     stack = Stack(home / "stack", Path(args.repository), num_shards=args.shards, gateway_port=args.port,
-                  with_prometheus=args.with_prometheus)  # fmt: skip
+                  with_prometheus=args.with_prometheus, with_explorer=not args.no_explorer)  # fmt: skip
     supervisor = Supervisor(stack, home)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

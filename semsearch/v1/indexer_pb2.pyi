@@ -190,24 +190,30 @@ class StatsResponse(_message.Message):
     def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CollectionStats, _Mapping]]] = ..., disk_free_bytes: _Optional[int] = ..., catalog_version: _Optional[int] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("collection", "n", "seed")
+    __slots__ = ("collection", "n", "seed", "include_items")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ITEMS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     n: int
     seed: int
-    def __init__(self, collection: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    include_items: bool
+    def __init__(self, collection: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., include_items: _Optional[bool] = ...) -> None: ...
 
 class VectorChunk(_message.Message):
-    __slots__ = ("rows", "dim", "data")
+    __slots__ = ("rows", "dim", "data", "ids", "metadata")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     rows: int
     dim: int
     data: bytes
-    def __init__(self, rows: _Optional[int] = ..., dim: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    metadata: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rows: _Optional[int] = ..., dim: _Optional[int] = ..., data: _Optional[bytes] = ..., ids: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InstallTemplateRequest(_message.Message):
     __slots__ = ("collection", "index", "factory", "nprobe_table")

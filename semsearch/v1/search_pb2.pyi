@@ -232,6 +232,41 @@ class ShardUsage(_message.Message):
     recall_samples: int
     def __init__(self, shard: _Optional[int] = ..., count: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., rebuilding: _Optional[bool] = ..., rebuild_progress: _Optional[float] = ..., drift: _Optional[float] = ..., estimated_recall: _Optional[float] = ..., recall_samples: _Optional[int] = ...) -> None: ...
 
+class SampleItemsRequest(_message.Message):
+    __slots__ = ("collection", "n", "seed")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    n: int
+    seed: int
+    def __init__(self, collection: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class Metadata(_message.Message):
+    __slots__ = ("values",)
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.ScalarMap[str, str]
+    def __init__(self, values: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SampleItemsChunk(_message.Message):
+    __slots__ = ("ids", "dim", "vectors", "metadata")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    dim: int
+    vectors: bytes
+    metadata: _containers.RepeatedCompositeFieldContainer[Metadata]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., dim: _Optional[int] = ..., vectors: _Optional[bytes] = ..., metadata: _Optional[_Iterable[_Union[Metadata, _Mapping]]] = ...) -> None: ...
+
 class ListCollectionsResponse(_message.Message):
     __slots__ = ("collections",)
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]

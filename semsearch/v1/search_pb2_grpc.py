@@ -79,6 +79,11 @@ class SearchStub:
                 request_serializer=semsearch_dot_v1_dot_search__pb2.DescribeCollectionRequest.SerializeToString,
                 response_deserializer=semsearch_dot_v1_dot_search__pb2.CollectionInfo.FromString,
                 _registered_method=True)
+        self.SampleItems = channel.unary_stream(
+                '/semsearch.v1.Search/SampleItems',
+                request_serializer=semsearch_dot_v1_dot_search__pb2.SampleItemsRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__pb2.SampleItemsChunk.FromString,
+                _registered_method=True)
 
 
 class SearchServicer:
@@ -166,6 +171,16 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SampleItems(self, request, context):
+        """A uniform random sample of a collection's items (ids, vectors, metadata), for maps of the
+        embedding space and quality reports; each shard contributes in proportion to its items.
+        INVALID_ARGUMENT: n outside [1, 1,000,000]. NOT_FOUND: unknown collection. UNAVAILABLE: a shard
+        is down (a sample must cover every shard).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +228,11 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.DescribeCollection,
                     request_deserializer=semsearch_dot_v1_dot_search__pb2.DescribeCollectionRequest.FromString,
                     response_serializer=semsearch_dot_v1_dot_search__pb2.CollectionInfo.SerializeToString,
+            ),
+            'SampleItems': grpc.unary_stream_rpc_method_handler(
+                    servicer.SampleItems,
+                    request_deserializer=semsearch_dot_v1_dot_search__pb2.SampleItemsRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__pb2.SampleItemsChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -458,6 +478,33 @@ class Search:
             '/semsearch.v1.Search/DescribeCollection',
             semsearch_dot_v1_dot_search__pb2.DescribeCollectionRequest.SerializeToString,
             semsearch_dot_v1_dot_search__pb2.CollectionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SampleItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/semsearch.v1.Search/SampleItems',
+            semsearch_dot_v1_dot_search__pb2.SampleItemsRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__pb2.SampleItemsChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,10 +3,13 @@ catalog), describe and list from the catalog plus every shard's numbers."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from semsearch.core.collections import CollectionConfig
-from semsearch.core.errors import InvalidArgument
+from semsearch.core.errors import InvalidArgument, Unavailable
 from services.gateway.domain import ShardCollection
 from services.gateway.embedder_client import EmbedderUnavailable
 from services.gateway.fanout import gather_shards
@@ -24,6 +27,9 @@ class CollectionView:
     generations: dict[int, int] = field(default_factory=dict)
     shards: dict[int, ShardCollection] = field(default_factory=dict)
     shards_total: int = 0
+
+
+MAX_SAMPLE = 1_000_000
 
 
 class Collections:
@@ -49,6 +55,28 @@ class Collections:
     async def list_collections(self, timeout_s: float) -> list[CollectionView]:
         await self.catalog.refresh(min(timeout_s, 2.0))
         return await self._views(sorted(self.catalog.collections), timeout_s)
+
+    async def sample_items(
+        self, name: str, n: int, seed: int, timeout_s: float
+    ) -> AsyncIterator[tuple[list[str], np.ndarray, list[dict[str, str]]]]:
+        """A uniform random sample of up to n items in chunks of (ids, vectors, metadata); every shard
+        contributes in proportion to its items, so a shard that does not answer fails the call."""
+        await self.config(name)
+        if not 1 <= n <= MAX_SAMPLE:
+            raise InvalidArgument(f"must be in [1, {MAX_SAMPLE:,}], got {n}", "n")
+        gathered = await gather_shards(self.shards, lambda s, client: client.stats(timeout_s), timeout_s)
+        missing = sorted(set(range(len(self.shards))) - set(gathered.answers))
+        if missing:
+            raise Unavailable(f"shard {missing[0]} does not answer: a sample must cover every shard")
+        counts = [
+            next((c.count for c in gathered.answers[s] if c.name == name), 0) for s in range(len(self.shards))
+        ]
+        total = sum(counts)
+        for shard, (client, count) in enumerate(zip(self.shards, counts)):
+            share = round(n * count / total) if total else 0
+            if share:
+                async for chunk in client.sample_items(name, share, seed + shard, timeout_s):
+                    yield chunk
 
     async def _views(self, names: list[str], timeout_s: float) -> list[CollectionView]:
         gathered = await gather_shards(self.shards, lambda s, client: client.stats(timeout_s), timeout_s)

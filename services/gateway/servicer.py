@@ -171,6 +171,19 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             await self.service.describe_collection(request.name, _timeout(context, self.default_timeout_s))
         )
 
+    async def SampleItems(self, request: search_pb2.SampleItemsRequest, context: grpc.aio.ServicerContext):
+        remaining = context.time_remaining()  # a large sample takes a while: the caller's deadline, or 5 min
+        timeout_s = 300.0 if remaining is None else max(0.001, remaining)
+        async for ids, vectors, metadata in self.service.sample_items(
+            request.collection, request.n, request.seed, timeout_s
+        ):
+            yield search_pb2.SampleItemsChunk(
+                ids=ids,
+                dim=vectors.shape[1],
+                vectors=np.ascontiguousarray(vectors, dtype="<f4").tobytes(),
+                metadata=[search_pb2.Metadata(values=m) for m in metadata],
+            )
+
 
 def _info(view: CollectionView) -> search_pb2.CollectionInfo:
     config = view.config

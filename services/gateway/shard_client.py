@@ -4,8 +4,10 @@ address)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -206,28 +208,42 @@ class ShardClient:
             for c in response.collections
         ]
 
+    async def sample_items(
+        self, collection: str, n: int, seed: int, timeout: float
+    ) -> AsyncIterator[tuple[list[str], np.ndarray, list[dict[str, str]]]]:
+        """Up to n random live items of this shard's slice, in chunks of (ids, vectors, metadata)."""
+        request = indexer_pb2.SampleRequest(collection=collection, n=n, seed=seed, include_items=True)
+        try:
+            async for chunk in self.stub.Sample(request, timeout=timeout):
+                vectors = np.frombuffer(chunk.data, dtype="<f4").reshape(chunk.rows, chunk.dim)
+                yield list(chunk.ids), vectors, [json.loads(m) for m in chunk.metadata]
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+
     async def _rpc(self, call):
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceeded(f"{self.name} missed the deadline") from exc
-            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise ResourceExhausted(f"{self.name}: {details}") from exc
-            if code == grpc.StatusCode.NOT_FOUND:
-                # Collections come and go: one dropped (or not created yet) while this request travelled.
-                raise NotFound(
-                    details.removeprefix("collection: ") or "unknown collection", "collection"
-                ) from exc
-            if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                log.error("%s at %s refused a validated request: %s %s", self.name, self.address, code.name,
-                          details)  # fmt: skip
-                raise ShardMismatch(f"{self.name} refused the request") from exc
-            if code == grpc.StatusCode.UNAVAILABLE and "stopped taking writes" in details:
-                raise Unavailable(f"{self.name}: {details}") from exc
-            log.warning("%s at %s: %s %s", self.name, self.address, code.name, details)
-            raise Unavailable(f"{self.name} is unavailable") from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> Exception:
+        """The domain error for a failed call to this shard."""
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"{self.name} missed the deadline")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ResourceExhausted(f"{self.name}: {details}")
+        if code == grpc.StatusCode.NOT_FOUND:
+            # Collections come and go: one dropped (or not created yet) while this request travelled.
+            return NotFound(details.removeprefix("collection: ") or "unknown collection", "collection")
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+            log.error("%s at %s refused a validated request: %s %s", self.name, self.address, code.name,
+                      details)  # fmt: skip
+            return ShardMismatch(f"{self.name} refused the request")
+        if code == grpc.StatusCode.UNAVAILABLE and "stopped taking writes" in details:
+            return Unavailable(f"{self.name}: {details}")
+        log.warning("%s at %s: %s %s", self.name, self.address, code.name, details)
+        return Unavailable(f"{self.name} is unavailable")
 
     async def close(self) -> None:
         await self.channel.close()

@@ -224,8 +224,12 @@ class Searches:
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         """Up to n live vectors chosen uniformly at random (float32 [m, d])."""
+        return self.sample_items(n, seed)[1]
+
+    def sample_items(self, n: int, seed: int) -> tuple[list[str], np.ndarray]:
+        """Up to n live items chosen uniformly at random: their ids and vectors (float32 [m, d])."""
         view = self._view()
         alive = np.nonzero(view.allowed)[0]
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(alive, size=min(n, len(alive)), replace=False)) if len(alive) else alive
-        return view.store.get(chosen)
+        return [view.items.ids[s] for s in chosen.tolist()], view.store.get(chosen)

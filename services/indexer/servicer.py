@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from functools import partial
@@ -366,11 +367,19 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         collection = await self._collection(request.collection)
         if request.n < 1:
             raise InvalidArgument("must be >= 1", "n")
-        sample = await self._blocking(collection.sample, request.n, request.seed)
+        ids, sample = await self._blocking(collection.sample_items, request.n, request.seed)
         rows = max(1, SAMPLE_CHUNK_BYTES // (4 * collection.config.dim))
         for start in range(0, len(sample), rows):
             chunk = np.ascontiguousarray(sample[start : start + rows], dtype="<f4")
-            yield indexer_pb2.VectorChunk(rows=len(chunk), dim=collection.config.dim, data=chunk.tobytes())
+            message = indexer_pb2.VectorChunk(
+                rows=len(chunk), dim=collection.config.dim, data=chunk.tobytes()
+            )
+            if request.include_items:
+                chunk_ids = ids[start : start + rows]
+                metadata = await self._blocking(collection.payloads.metadata, chunk_ids)
+                message.ids.extend(chunk_ids)
+                message.metadata.extend(json.dumps(metadata.get(i, {})) for i in chunk_ids)
+            yield message
 
     async def InstallTemplate(
         self, request: indexer_pb2.InstallTemplateRequest, context: grpc.aio.ServicerContext

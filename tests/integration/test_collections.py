@@ -274,3 +274,22 @@ def test_dropping_a_collection_while_it_is_written_is_safe(client, stack):
     if "churn" in names:
         assert client.describe_collection("churn").shards_answered == 2
         client.drop_collection("churn")
+
+
+def test_a_sample_covers_every_shard_with_ids_vectors_and_metadata(client):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 8)).astype(np.float32)
+    client.create_collection("sampled", dim=8, metric="inner_product")
+    client.upsert("sampled", [Item(id=f"s{i}", vector=x[i], metadata={"n": str(i)}) for i in range(400)])
+    ids, vectors, metadata = client.sample_items("sampled", 100, seed=3)
+    assert 95 <= len(ids) <= 105 and len(set(ids)) == len(ids)  # shares are rounded per shard
+    for item_id, vector, meta in zip(ids, vectors, metadata):
+        i = int(item_id[1:])
+        assert np.allclose(vector, x[i]) and meta == {"n": str(i)}
+    assert client.sample_items("sampled", 100, seed=3)[0] == ids  # the same seed, the same sample
+    everything = client.sample_items("sampled", 1000)[0]
+    assert sorted(everything) == sorted(f"s{i}" for i in range(400))
+    code, details = rpc_error(lambda: client.sample_items("sampled", 0))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details == "n: must be in [1, 1,000,000], got 0"
+    assert rpc_error(lambda: client.sample_items("nope", 10))[0] == grpc.StatusCode.NOT_FOUND
+    client.drop_collection("sampled")

@@ -98,7 +98,9 @@ def test_status_reports_every_part_and_the_coverage(stack):
     report = status(home, repository)
     assert report["running"]
     states = {p["part"]: p["state"] for p in report["parts"]}
-    assert states == dict.fromkeys(("gateway", "shard-0", "shard-1", "triton", "redis"), "serving")
+    parts = ("gateway", "shard-0", "shard-1", "triton", "redis", "explorer")
+    assert states == dict.fromkeys(parts, "serving")
+    assert report["explorer"].startswith("http://127.0.0.1:")
     assert part(report, "gateway")["coverage"] == "2/2"
     table = semsearch(home, repository, "status").stdout
     assert "shard coverage the gateway can offer now: 2/2" in table

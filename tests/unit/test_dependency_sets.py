@@ -91,7 +91,7 @@ def service_modules(service: str) -> dict[tuple[str, ...], list[str]]:
     return groups
 
 
-@pytest.mark.parametrize("service", ["indexer", "gateway", "embedder"])
+@pytest.mark.parametrize("service", ["indexer", "gateway", "embedder", "explorer"])
 def test_a_service_imports_with_only_its_own_dependency_set(service):
     for extras, modules in service_modules(service).items():
         blocked = blocked_top_levels(allowed_distributions(extras))

@@ -26,8 +26,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         export_models(repository)
     try:
         outcome, notes = up(
-            stack_home(), repository, shards=args.shards, port=args.port, with_prometheus=args.with_prometheus
-        )
+            stack_home(), repository, shards=args.shards, port=args.port,
+            with_prometheus=args.with_prometheus, with_explorer=not args.no_explorer,
+        )  # fmt: skip
     except StartFailed as exc:
         log.error("%s", exc)
         return 1
@@ -54,8 +55,9 @@ def _print_status(as_json: bool) -> int:
                "triton": f"http://127.0.0.1:{state.triton_metrics}/metrics"}  # fmt: skip
     metrics |= {f"shard-{i}": f"http://127.0.0.1:{p}/metrics" for i, p in enumerate(state.shard_metrics)}
     if as_json:
-        print(json.dumps({"running": True, "gateway": state.gateway, "parts": rows, "metrics": metrics,
-                          "prometheus": state.prometheus or None}))  # fmt: skip
+        report = {"running": True, "gateway": state.gateway, "explorer": state.explorer or None,
+                  "parts": rows, "metrics": metrics, "prometheus": state.prometheus or None}  # fmt: skip
+        print(json.dumps(report))
         return 0
     print(table(["part", "address", "state", "restarts", "why"],
                  [(r["part"], r["address"], r["state"], r["restarts"], r["why"]) for r in rows]))  # fmt: skip
@@ -64,6 +66,8 @@ def _print_status(as_json: bool) -> int:
     print("metrics: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
     if state.prometheus:
         print(f"prometheus: {state.prometheus} (rules from deploy/prometheus/rules.yml)")
+    if state.explorer:
+        print(f"explorer: {state.explorer} (open it in a browser)")
     return 0
 
 
@@ -103,7 +107,7 @@ def register(sub) -> None:
     """Add this group's commands to the top-level subparsers."""
     p = sub.add_parser(
         "up",
-        help="start the local stack (tritonserver, redis-server, shards, gateway) in the background",
+        help="start the local stack (Triton, Redis, shards, gateway, explorer) in the background",
         description="Start a supervisor that runs every part as a real process on 127.0.0.1, waits until "
         "each is healthy and restarts a part that dies (same address, back-off); save the addresses to "
         "$SEMSEARCH_HOME/stack.json (default var/) and return. On a running stack, restart only the parts "
@@ -116,6 +120,7 @@ def register(sub) -> None:
         action="store_true",
         help="also run a local Prometheus (Debian package) with deploy/prometheus/rules.yml",
     )
+    p.add_argument("--no-explorer", action="store_true", help="do not run the explorer (the web app)")
     repository_arg(p)
     p.set_defaults(func=cmd_up)
     p = sub.add_parser(
@@ -139,7 +144,7 @@ def register(sub) -> None:
         "go on with partial coverage (min_coverage < 1 accepts them) and writes routed to a "
         "restarting shard fail with UNAVAILABLE, which is safe to retry. Nothing acknowledged is lost.",
     )
-    p.add_argument("part", choices=["shard", "gateway", "triton", "redis", "prometheus"])
+    p.add_argument("part", choices=["shard", "gateway", "triton", "redis", "prometheus", "explorer"])
     p.add_argument("number", type=int, nargs="?", help="the shard's number (for `shard`)")
     p.set_defaults(func=cmd_restart)
     p = sub.add_parser(
