@@ -26,6 +26,8 @@ from services.explorer.gateway import Gateway, GatewayError
 log = logging.getLogger(__name__)
 
 REFRESH_SHARE = 0.1
+# ... but not more often than this (a collection that is being loaded grows fast).
+MIN_REFRESH_INTERVAL_S = 120.0
 # A failed computation is tried again after this long.
 RETRY_AFTER_S = 30.0
 MIN_POINTS = 20
@@ -51,6 +53,7 @@ class CollectionMap:
     quality_vectors: np.ndarray  # float32 [m, d], the first m points' vectors
     metric: str = "cosine"
     quality: dict | None = None
+    computed_at: float = field(default_factory=time.time)
     _index: dict[str, int] | None = field(default=None, repr=False)
 
     def index_of(self, item_id: str) -> int:
@@ -83,7 +86,8 @@ class CollectionMap:
     def save(self, path: Path) -> None:
         header = {"collection": self.collection, "count": self.count, "method": self.method,
                   "seconds": self.seconds, "field": self.field, "labels": self.labels, "metric": self.metric,
-                  "quality": self.quality, "metadata": self.metadata, "ids": self.ids}  # fmt: skip
+                  "quality": self.quality, "metadata": self.metadata, "ids": self.ids,
+                  "computed_at": self.computed_at}  # fmt: skip
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             np.savez(f, xy=self.xy, codes=self.codes, quality_vectors=self.quality_vectors,
@@ -98,6 +102,7 @@ class CollectionMap:
             return cls(
                 h["collection"], h["count"], h["method"], h["seconds"], h["field"], h["labels"], data["xy"],
                 data["codes"], h["ids"], h["metadata"], data["quality_vectors"], h["metric"], h["quality"],
+                h["computed_at"],
             )  # fmt: skip
 
 
@@ -126,6 +131,7 @@ class Maps:
         self.jobs: dict[str, Job] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._pool: ProcessPoolExecutor | None = None
+        self.min_refresh_interval_s = MIN_REFRESH_INTERVAL_S
 
     def _path(self, collection: str) -> Path:
         return self.directory / f"{collection}.npz"
@@ -144,7 +150,10 @@ class Maps:
         """("ready", map), ("computing", job), ("failed", job) or ("empty", None); starts a computation
         when there is no map yet or the collection changed enough, and serves the old map meanwhile."""
         current = self.cached(collection)
-        stale = current is None or abs(count - current.count) > REFRESH_SHARE * max(current.count, 1)
+        stale = current is None or (
+            abs(count - current.count) > REFRESH_SHARE * max(current.count, 1)
+            and time.time() - current.computed_at >= self.min_refresh_interval_s
+        )
         failed = self.jobs.get(collection)
         if failed is not None and failed.error and time.monotonic() - failed.finished < RETRY_AFTER_S:
             return ("ready", current) if current is not None else ("failed", failed)

@@ -69,7 +69,7 @@ BLOCKED = set({blocked!r})
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{{name}} is not in this service's dependency set")
+            raise ModuleNotFoundError(f"{{name}} is not in this service's dependency set", name=name)
         return None
 sys.meta_path.insert(0, Blocker())
 import importlib

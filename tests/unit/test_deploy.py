@@ -30,6 +30,7 @@ TRITON_METRICS = {
 BUILTIN_METRICS = {"up"}
 # Ports the code defaults to and the deploy files must use (services/*/config.py).
 PORTS = {"gateway": (7000, 9000), "indexer": (7100, 9100)}
+EXPLORER_PORT = 8080
 READINESS_SERVICE = {"gateway": "semsearch.v1.Search", "indexer": "semsearch.v1.Indexer"}
 REQUIRED_ENV = {
     "gateway": {"SEMSEARCH_SHARDS", "SEMSEARCH_TRITON_URL", "SEMSEARCH_REDIS_URL", "SEMSEARCH_GATEWAY_HOST"},
@@ -149,9 +150,15 @@ def test_compose_env_names_ports_and_publishing_match_the_code() -> None:
         env = services[f"indexer-{i}"]["environment"]
         assert (env["SEMSEARCH_SHARD"], env["SEMSEARCH_NUM_SHARDS"]) == (str(i), "2")
     assert services["gateway"]["environment"]["SEMSEARCH_TRITON_URL"] == "triton:8001"
-    # Only the gateway and Grafana are published, and only on loopback.
+    # The explorer: a client of the gateway, on the port its config reads, checked at /healthz.
+    explorer = services["explorer"]
+    assert set(explorer["environment"]) <= known
+    assert explorer["environment"]["SEMSEARCH_GATEWAY"] == "gateway:7000"
+    assert explorer["environment"]["SEMSEARCH_EXPLORER_PORT"] == str(EXPLORER_PORT)
+    assert f"127.0.0.1:{EXPLORER_PORT}/healthz" in " ".join(explorer["healthcheck"]["test"])
+    # Only the gateway, the explorer and Grafana are published, and only on loopback.
     published = {n: s["ports"] for n, s in services.items() if s.get("ports")}
-    assert set(published) == {"gateway", "grafana"}
+    assert set(published) == {"gateway", "explorer", "grafana"}
     assert all(str(p).startswith("127.0.0.1:") for ports in published.values() for p in ports)
     assert services["triton"]["shm_size"] and services["triton-gpu"]["shm_size"]
     assert "--model-config-name=cpu" in services["triton"]["command"]
@@ -231,6 +238,15 @@ def test_k8s_env_ports_probes_and_security_match_the_code(overlay: str) -> None:
     for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget"):
         assert (kind, "gateway") in by_kind
     assert ("HorizontalPodAutoscaler", "triton") in by_kind
+    explorer = by_kind[("Deployment", "explorer")]["spec"]["template"]["spec"]["containers"][0]
+    explorer_env = {e["name"]: e for e in explorer["env"]}
+    assert {n for n in explorer_env if n.startswith("SEMSEARCH_")} <= known
+    assert explorer_env["SEMSEARCH_GATEWAY"]["value"] == "gateway:7000"
+    assert int(explorer_env["SEMSEARCH_EXPLORER_PORT"]["value"]) == EXPLORER_PORT
+    assert explorer_env["SEMSEARCH_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "explorer-api-key"
+    assert explorer["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert explorer["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert by_kind[("Service", "explorer")]["spec"]["type"] == "ClusterIP"
     triton = by_kind[("Deployment", "triton")]["spec"]["template"]["spec"]["containers"][0]
     gpus = triton["resources"]["limits"].get("nvidia.com/gpu")
     assert (gpus == "1") == (overlay == "gpu")
@@ -265,6 +281,52 @@ def ingress_allowed(docs: list[dict], source: dict[str, str], namespace: str, ta
                 elif namespace == "semsearch" and selects(peer["podSelector"], source):
                     return True
     return False
+
+
+def egress_allowed(docs: list[dict], source: str, target: dict[str, str], namespace: str, port: int) -> bool:
+    """NetworkPolicy semantics for egress: a pod selected by a policy with Egress in its policyTypes may
+    only open connections some egress rule of such a policy allows."""
+
+    def selects(selector: dict, labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+    source_labels = {"app.kubernetes.io/name": source}
+    policies = [
+        d for d in docs
+        if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"].get("policyTypes", [])
+        and selects(d["spec"]["podSelector"], source_labels)
+    ]  # fmt: skip
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            if port not in {p["port"] for p in rule.get("ports", [])}:
+                continue
+            for peer in rule.get("to", []):
+                ns_ok = (
+                    selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
+                    if "namespaceSelector" in peer
+                    else namespace == "semsearch"
+                )
+                if ns_ok and selects(peer.get("podSelector", {}), target):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_the_explorer_reaches_the_gateway_only_and_only_the_namespace_reaches_it(overlay: str) -> None:
+    docs = overlay_docs(overlay)
+
+    def pod(name: str) -> dict[str, str]:
+        return {"app.kubernetes.io/name": name}
+
+    assert egress_allowed(docs, "explorer", pod("gateway"), "semsearch", 7000)
+    assert egress_allowed(docs, "explorer", {"k8s-app": "kube-dns"}, "kube-system", 53)
+    for target, port in (("indexer", 7100), ("redis", 6379), ("triton", 8001), ("gateway", 9000)):
+        assert not egress_allowed(docs, "explorer", pod(target), "semsearch", port), target
+    assert not egress_allowed(docs, "explorer", {}, "elsewhere", 443)
+    assert ingress_allowed(docs, pod("some-other-app"), "semsearch", "explorer", EXPLORER_PORT)
+    assert not ingress_allowed(docs, {}, "elsewhere", "explorer", EXPLORER_PORT)
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])

@@ -87,6 +87,7 @@ class FakeGateway:
 def client(tmp_path):
     gateway = FakeGateway()
     maps = Maps(gateway, tmp_path, points=1000, method="pca")
+    maps.min_refresh_interval_s = 0.0
     explorer = Explorer(gateway, maps, max_upload_bytes=1 << 20)
     with TestClient(create_app(explorer)) as c:
         c.gateway, c.maps = gateway, maps

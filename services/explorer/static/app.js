@@ -49,7 +49,9 @@ const ui = {
   mapTooltip: byId("map-tooltip"),
   mapField: byId("map-field"),
   mapLegend: byId("map-legend"),
+  mapLegendPanel: byId("map-legend-panel"),
   mapSelection: byId("map-selection"),
+  mapSelectionNote: byId("map-selection-note"),
   qualityField: byId("quality-field"),
   qualityOverall: byId("quality-overall"),
   qualityRows: document.querySelector("#quality-table tbody"),
@@ -68,6 +70,9 @@ const quality = { collection: null, field: null, token: 0 };
 
 // --- Small helpers ----------------------------------------------------------------------------
 
+/** Flattens nested child lists and drops null/false, so optional parts can be written inline. */
+const childNodes = (children) => children.flat(Infinity).filter((child) => child != null && child !== false);
+
 /** Creates an element. Children that are strings become text nodes: server data is never parsed as HTML. */
 function h(tag, attributes = {}, ...children) {
   const element = document.createElement(tag);
@@ -77,8 +82,12 @@ function h(tag, attributes = {}, ...children) {
     else if (name === "style") Object.assign(element.style, value);
     else element.setAttribute(name, value === true ? "" : value);
   }
-  element.append(...children.flat().filter((child) => child != null && child !== false));
+  element.append(...childNodes(children));
   return element;
+}
+
+function setChildren(element, ...children) {
+  element.replaceChildren(...childNodes(children));
 }
 
 const numberFormat = new Intl.NumberFormat("en");
@@ -218,7 +227,7 @@ function renderCollectionOptions() {
   const names = [...app.collections.keys()];
   const shown = [...ui.collection.options].map((option) => option.value);
   if (names.join("\n") !== shown.join("\n")) {
-    ui.collection.replaceChildren(...names.map((name) => h("option", { value: name }, name)));
+    setChildren(ui.collection, ...names.map((name) => h("option", { value: name }, name)));
   }
   ui.collection.value = app.collection;
 }
@@ -242,6 +251,7 @@ function renderCollectionInfo() {
     : "This collection is searched by image: drop or paste one below";
   const fields = info.fields ?? [];
   ui.filterFields.textContent = fields.length ? `Fields: ${fields.map((field) => field.name).join(", ")}` : "";
+  ui.filter.placeholder = fields.length ? `${fields[0].name} = "…"` : "";
 }
 
 function selectCollection(name) {
@@ -259,6 +269,7 @@ function selectCollection(name) {
 // --- Tabs (the WAI-ARIA tabs pattern: arrow keys move between tabs) ---------------------------
 
 function showTab(name, { focus = false } = {}) {
+  if (name !== app.tab) clearError(); // an error belongs to what the user was doing on the previous tab
   app.tab = name;
   for (const [key, { tab, panel }] of Object.entries(TABS)) {
     const active = key === name;
@@ -340,10 +351,10 @@ function resetSearch() {
   search.query = null;
   search.response = null;
   setStatus("");
-  ui.querySummary.replaceChildren();
-  ui.results.replaceChildren();
+  setChildren(ui.querySummary);
+  setChildren(ui.results);
   ui.resultsEmpty.hidden = false;
-  ui.queryInfoBody.replaceChildren(h("p", { class: "muted" }, "Run a search to see its timings, shards and plan."));
+  setChildren(ui.queryInfoBody, h("p", { class: "muted" }, "Run a search to see its timings, shards and plan."));
   resetRecall();
   ui.checkRecall.disabled = true;
   highlightHitsOnMap();
@@ -373,12 +384,12 @@ function renderQuerySummary(query, queryThumbnail) {
     parts.push(h("span", {}, `Results for “${query.text ?? ""}”`));
   }
   if (query.filter) parts.push(h("span", { class: "chip" }, h("span", { class: "chip-key" }, "filter"), query.filter));
-  ui.querySummary.replaceChildren(...parts);
+  setChildren(ui.querySummary, ...parts);
 }
 
 function renderHits(hits) {
   const hadFocus = ui.results.contains(document.activeElement);
-  ui.results.replaceChildren(...hits.map((hit) => itemCard(hit, { className: "hit", score: hit.score, moreLikeThis: true })));
+  setChildren(ui.results, ...hits.map((hit) => itemCard(hit, { className: "hit", score: hit.score, moreLikeThis: true })));
   ui.resultsEmpty.hidden = hits.length > 0;
   if (!hits.length) ui.resultsEmpty.textContent = "No results. Try other words, or loosen the filter.";
   const first = ui.results.firstElementChild;
@@ -412,12 +423,12 @@ function itemPreview(item) {
   if (item.thumbnail) {
     return h("div", { class: "card-media" }, h("img", { src: item.thumbnail, alt: `Thumbnail of ${item.id}`, loading: "lazy", decoding: "async" }));
   }
-  if (item.text) return h("p", { class: "card-text" }, item.text);
+  if (item.text) return h("div", { class: "card-text" }, h("p", {}, item.text));
   return h("div", { class: "card-media card-media-empty" }, "No preview");
 }
 
 function metadataChips(metadata) {
-  const entries = Object.entries(metadata);
+  const entries = Object.entries(metadata).filter(([, value]) => value != null && value !== "");
   if (!entries.length) return null;
   return h(
     "ul",
@@ -512,7 +523,7 @@ function bindImageInputs() {
 // --- What happened in this query --------------------------------------------------------------
 
 function renderQueryInfo(info) {
-  ui.queryInfoBody.replaceChildren(infoSummary(info), stageTimings(info.timings ?? [], info.total_ms), shardTable(info.shards ?? []));
+  setChildren(ui.queryInfoBody, infoSummary(info), stageTimings(info.timings ?? [], info.total_ms), shardTable(info.shards ?? []));
 }
 
 function infoSummary(info) {
@@ -596,7 +607,7 @@ function shardTable(shards) {
 function resetRecall() {
   ui.recallResult.textContent = "";
   ui.recallResult.classList.remove("is-busy");
-  ui.exactResults.replaceChildren();
+  setChildren(ui.exactResults);
 }
 
 async function checkRecall() {
@@ -621,7 +632,7 @@ async function checkRecall() {
 function renderRecall(exact) {
   const missed = exact.exact.filter((hit) => hit.missed).length;
   ui.recallResult.classList.remove("is-busy");
-  ui.recallResult.replaceChildren(
+  setChildren(ui.recallResult, 
     h("strong", {}, `recall@${exact.k}: ${formatRatio(exact.recall)}`),
     h(
       "span",
@@ -629,7 +640,7 @@ function renderRecall(exact) {
       ` · ${missed ? `the index missed ${missed} of the exact top ${exact.k}` : "the index found every exact neighbour"} (exact search: ${formatMs(exact.ms)})`,
     ),
   );
-  ui.exactResults.replaceChildren(
+  setChildren(ui.exactResults, 
     ...exact.exact.map((hit) => itemCard(hit, { className: "exact-hit", score: hit.score, missed: Boolean(hit.missed) })),
   );
 }
@@ -663,8 +674,9 @@ function resetMap() {
   ui.mapTooltip.hidden = true;
   ui.mapMeta.textContent = "";
   ui.mapField.textContent = "";
-  ui.mapLegend.replaceChildren();
-  ui.mapSelection.replaceChildren();
+  ui.mapLegendPanel.hidden = true;
+  setChildren(ui.mapLegend);
+  clearSelectionList();
 }
 
 /** Fetches the map; the server answers JSON while it computes (or has nothing to show), binary when ready. */
@@ -741,13 +753,14 @@ function onMapDraw(milliseconds) {
 
 function renderLegend(header, codes) {
   const names = header.labels ?? [];
+  ui.mapLegendPanel.hidden = false;
   ui.mapField.textContent = header.field ?? "(no label field)";
   // One extra slot, last, counts the points without a label.
   const counts = new Uint32Array(names.length + 1);
   for (const code of codes) counts[Math.min(code, names.length)]++;
   const entries = names.map((name, code) => ({ name, color: labelColor(code), count: counts[code] }));
   if (counts[names.length]) entries.push({ name: "no label", color: UNLABELLED_COLOR, count: counts[names.length] });
-  ui.mapLegend.replaceChildren(
+  setChildren(ui.mapLegend, 
     ...entries.map(({ name, color, count }) =>
       h(
         "li",
@@ -801,7 +814,7 @@ async function fillTooltip(index, at) {
 function showTooltip(index, at, point) {
   const code = mapState.labels[index];
   const labelName = code === NO_LABEL ? "no label" : mapState.header.labels[code];
-  ui.mapTooltip.replaceChildren(
+  setChildren(ui.mapTooltip, 
     point?.thumbnail ? h("img", { src: point.thumbnail, alt: "" }) : null,
     point?.text ? h("p", { class: "tooltip-text" }, point.text) : null,
     h("code", { class: "tooltip-id" }, point ? point.id : `point ${index}…`),
@@ -828,11 +841,11 @@ async function onMapClick(index) {
 async function onMapSelect(indices) {
   const token = ++mapState.selectionToken;
   if (!indices.length) {
-    ui.mapSelection.replaceChildren();
+    clearSelectionList();
     return;
   }
   const requested = indices.slice(0, MAX_SELECTION);
-  ui.mapSelection.replaceChildren(h("p", { class: "muted" }, `Loading ${plural(requested.length, "selected item")}…`));
+  setChildren(ui.mapSelection, h("p", { class: "muted" }, `Loading ${plural(requested.length, "selected item")}…`));
   try {
     const { items } = await postJSON(`/api/map/${collectionPath(mapState.collection)}/selection`, { points: requested });
     if (token !== mapState.selectionToken) return;
@@ -840,16 +853,23 @@ async function onMapSelect(indices) {
     renderSelection(items, indices.length);
   } catch (error) {
     if (token !== mapState.selectionToken) return;
-    ui.mapSelection.replaceChildren();
+    clearSelectionList();
     showError(error.message);
   }
+}
+
+function clearSelectionList() {
+  setChildren(ui.mapSelection);
+  ui.mapSelectionNote.hidden = true;
 }
 
 function renderSelection(items, total) {
   const heading = total > items.length
     ? `${plural(total, "point")} selected · showing the first ${formatCount(items.length)}`
     : `${plural(total, "point")} selected`;
-  ui.mapSelection.replaceChildren(
+  ui.mapSelectionNote.textContent = `${plural(total, "point")} selected ↓`;
+  ui.mapSelectionNote.hidden = false;
+  setChildren(ui.mapSelection, 
     h("h2", {}, heading),
     h("ol", { class: "hit-grid compact" }, items.map((item) => itemCard(item, { className: "selection-item", moreLikeThis: true }))),
   );
@@ -859,7 +879,7 @@ function renderSelection(items, total) {
 
 function renderQualityFields() {
   const fields = (app.collections.get(app.collection)?.fields ?? []).map((field) => field.name);
-  ui.qualityField.replaceChildren(...fields.map((name) => h("option", { value: name }, name)));
+  setChildren(ui.qualityField, ...fields.map((name) => h("option", { value: name }, name)));
   if (fields.includes("label")) ui.qualityField.value = "label";
 }
 
@@ -868,7 +888,7 @@ function resetQuality() {
   quality.collection = null;
   quality.field = null;
   ui.qualityOverall.textContent = "";
-  ui.qualityRows.replaceChildren();
+  setChildren(ui.qualityRows);
 }
 
 function ensureQuality() {
@@ -880,7 +900,7 @@ async function loadQuality() {
   const token = ++quality.token;
   quality.collection = app.collection;
   quality.field = field;
-  ui.qualityRows.replaceChildren();
+  setChildren(ui.qualityRows);
   if (!field) {
     ui.qualityOverall.textContent = "This collection has no metadata field to measure against.";
     return;
@@ -897,13 +917,13 @@ async function loadQuality() {
 }
 
 function renderQuality(report) {
-  ui.qualityOverall.replaceChildren(
+  setChildren(ui.qualityOverall, 
     h("span", {}, `Overall precision@${report.k}: `),
     h("strong", {}, report.overall.toFixed(2)),
     h("span", { class: "muted" }, ` · over ${plural(report.sample, "sampled item")}`),
   );
   const rows = [...report.per_label].sort((a, b) => a.precision - b.precision);
-  ui.qualityRows.replaceChildren(...rows.map(qualityRow));
+  setChildren(ui.qualityRows, ...rows.map(qualityRow));
 }
 
 function qualityRow(entry) {
@@ -965,6 +985,8 @@ function bindEvents() {
   });
   ui.checkRecall.addEventListener("click", checkRecall);
   ui.mapReset.addEventListener("click", () => scatter.resetView());
+  // The selection is listed below the map, often below the fold: this note leads there.
+  ui.mapSelectionNote.addEventListener("click", () => ui.mapSelection.scrollIntoView({ block: "start" }));
   ui.qualityField.addEventListener("change", () => {
     loadQuality();
     writeUrlState();
