@@ -119,6 +119,15 @@ def cmd_bench_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_explorer(args: argparse.Namespace) -> int:
+    from semsearch.tools.bench.explorer import bench
+
+    rows, summary = bench(repository_of(args), small=args.small, large=args.large, searches=args.searches)
+    print(table(["measurement", "value", "goal"], rows))
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_bench_payloads(args: argparse.Namespace) -> int:
     from semsearch.tools.bench.payloads import bench
 
@@ -254,3 +263,17 @@ def register(sub) -> None:
     p.add_argument("--memory-n", type=int, default=1_000_000, help="items for the memory run (default 1M)")
     p.add_argument("--gets", type=int, default=2000, help="single-id Get requests timed (default 2000)")
     p.set_defaults(func=cmd_bench_payloads)
+
+    p = bsub.add_parser(
+        "explorer",
+        help="the web app's cost: page load, search round trip vs the SDK, map computation, map bytes",
+        description="On a private stack with the explorer: page load in headless Chromium (fresh "
+        "profile, then warm cache); p50 of a search through the page's API against the same kind of "
+        "search through the SDK; the time to compute maps of --small and --large points (sampling, "
+        "PCA, UMAP, quality) and the map's bytes per point. Prints a table and, last, one JSON object.",
+    )
+    p.add_argument("--small", type=int, default=10_000, help="points of the smaller map (default 10,000)")
+    p.add_argument("--large", type=int, default=50_000, help="points of the larger map (default 50,000)")
+    p.add_argument("--searches", type=int, default=200, help="searches timed each way (default 200)")
+    repository_arg(p)
+    p.set_defaults(func=cmd_bench_explorer)

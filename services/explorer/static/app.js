@@ -15,6 +15,8 @@ const MAX_K = 100;
 const MAX_SELECTION = 500; // the most points /selection accepts at once
 const COLLECTIONS_POLL_MS = 5000;
 const MAP_POLL_MS = 1000;
+const MAP_RETRY_MS = 10000; // after a failed map computation, which the server retries by itself
+const QUALITY_POLL_MS = 3000; // while the sample behind the quality report is still being computed
 const HOVER_FETCH_DELAY_MS = 120; // sweeping the cursor across points should not fire a request per point
 const URL_KEYS = ["collection", "tab", "text", "id", "k", "recall", "filter", "field"];
 
@@ -56,6 +58,7 @@ const ui = {
   qualityOverall: byId("quality-overall"),
   qualityRows: document.querySelector("#quality-table tbody"),
 };
+const RESULTS_HINT = ui.resultsEmpty.textContent;
 const TABS = {
   search: { tab: byId("tab-search"), panel: byId("search-section") },
   map: { tab: byId("tab-map"), panel: byId("map-section") },
@@ -65,8 +68,20 @@ const TABS = {
 const app = { collections: new Map(), collection: "", tab: "search" };
 // seq numbers searches so that a response arriving after a newer search started is dropped.
 const search = { seq: 0, controller: null, query: null, response: null };
-const mapState = { collection: null, status: "idle", token: 0, timer: 0, header: null, labels: null, points: new Map(), hovered: -1, hoverTimer: 0, selectionToken: 0 };
-const quality = { collection: null, field: null, token: 0 };
+// Map loads and selections carry tokens for the same reason; points caches point details by index.
+const mapState = {
+  collection: null,
+  status: "idle", // idle | loading | computing | empty | ready | failed
+  token: 0,
+  timer: 0,
+  header: null,
+  labels: null,
+  points: new Map(),
+  hovered: -1,
+  hoverTimer: 0,
+  selectionToken: 0,
+};
+const quality = { collection: null, field: null, token: 0, timer: 0 };
 
 // --- Small helpers ----------------------------------------------------------------------------
 
@@ -94,7 +109,8 @@ const numberFormat = new Intl.NumberFormat("en");
 const formatCount = (n) => numberFormat.format(n);
 const plural = (n, word) => `${formatCount(n)} ${word}${n === 1 ? "" : "s"}`;
 const formatScore = (score) => Number(score).toFixed(3);
-const formatMs = (ms) => (ms == null ? "—" : `${ms < 10 ? Number(ms).toFixed(1) : Math.round(ms)} ms`);
+const formatMillis = (ms) => (ms < 10 ? Number(ms).toFixed(1) : String(Math.round(ms)));
+const formatMs = (ms) => (ms == null ? "—" : `${formatMillis(ms)} ms`);
 const clamp = (value, low, high) => Math.min(high, Math.max(low, value));
 const labelColor = (code) => (code === NO_LABEL ? UNLABELLED_COLOR : PALETTE[code % PALETTE.length]);
 const collectionPath = (collection) => encodeURIComponent(collection);
@@ -107,7 +123,12 @@ function formatRatio(value) {
 
 // --- API --------------------------------------------------------------------------------------
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status = 0) {
+    super(message);
+    this.status = status; // the HTTP status; 0 when the server could not be reached
+  }
+}
 
 /** fetch() that turns HTTP errors into ApiError carrying the server's readable {"error"} message. */
 async function request(url, options = {}) {
@@ -118,7 +139,7 @@ async function request(url, options = {}) {
     if (error.name === "AbortError") throw error;
     throw new ApiError("Cannot reach the explorer server. Check that it is running.");
   }
-  if (!response.ok) throw new ApiError(await errorMessage(response));
+  if (!response.ok) throw new ApiError(await errorMessage(response), response.status);
   return response;
 }
 
@@ -143,6 +164,8 @@ function postJSON(url, body) {
 // --- Status and errors ------------------------------------------------------------------------
 
 function showError(message) {
+  // Rewriting the same text would make screen readers announce a repeated failure (a retry loop) again.
+  if (!ui.error.hidden && ui.error.textContent === message) return;
   ui.error.textContent = message;
   ui.error.hidden = false;
 }
@@ -327,7 +350,11 @@ async function runSearch(source, { updateUrl = true } = {}) {
   setStatus("Searching…", { busy: true });
   ui.results.setAttribute("aria-busy", "true");
   try {
-    const response = await getJSON("/api/search", { method: "POST", body: searchFormData(query), signal: search.controller.signal });
+    const response = await getJSON("/api/search", {
+      method: "POST",
+      body: searchFormData(query),
+      signal: search.controller.signal,
+    });
     if (seq === search.seq) showSearchResponse(response);
   } catch (error) {
     if (seq !== search.seq) return; // superseded (or aborted) by a newer search
@@ -354,6 +381,7 @@ function resetSearch() {
   setChildren(ui.querySummary);
   setChildren(ui.results);
   ui.resultsEmpty.hidden = false;
+  ui.resultsEmpty.textContent = RESULTS_HINT;
   setChildren(ui.queryInfoBody, h("p", { class: "muted" }, "Run a search to see its timings, shards and plan."));
   resetRecall();
   ui.checkRecall.disabled = true;
@@ -389,7 +417,10 @@ function renderQuerySummary(query, queryThumbnail) {
 
 function renderHits(hits) {
   const hadFocus = ui.results.contains(document.activeElement);
-  setChildren(ui.results, ...hits.map((hit) => itemCard(hit, { className: "hit", score: hit.score, moreLikeThis: true })));
+  const cards = hits.map((hit) =>
+    itemCard(hit, { className: "hit", score: hit.score, moreLikeThis: true, focusable: true }),
+  );
+  setChildren(ui.results, cards);
   ui.resultsEmpty.hidden = hits.length > 0;
   if (!hits.length) ui.resultsEmpty.textContent = "No results. Try other words, or loosen the filter.";
   const first = ui.results.firstElementChild;
@@ -398,10 +429,10 @@ function renderHits(hits) {
 }
 
 /** A result card: preview (thumbnail or text), score, id, metadata chips and optional actions. */
-function itemCard(item, { className, score, moreLikeThis = false, missed = false }) {
+function itemCard(item, { className, score, moreLikeThis = false, missed = false, focusable = false }) {
   return h(
     "li",
-    { class: `card ${className}${missed ? " missed" : ""}`, "data-id": item.id, tabindex: className === "hit" ? "-1" : null },
+    { class: `card ${className}${missed ? " missed" : ""}`, "data-id": item.id, tabindex: focusable ? "-1" : null },
     itemPreview(item),
     h(
       "div",
@@ -411,17 +442,20 @@ function itemCard(item, { className, score, moreLikeThis = false, missed = false
         { class: "card-head" },
         score != null && h("span", { class: "score", title: "Similarity score" }, formatScore(score)),
         missed && h("span", { class: "badge badge-danger" }, "missed"),
+        item.deleted && h("span", { class: "badge" }, "deleted"),
       ),
       h("code", { class: "card-id", title: item.id }, item.id),
       metadataChips(item.metadata ?? {}),
-      moreLikeThis && h("button", { type: "button", class: "button small more-like-this", "data-id": item.id }, "More like this"),
+      moreLikeThis &&
+        h("button", { type: "button", class: "button small more-like-this", "data-id": item.id }, "More like this"),
     ),
   );
 }
 
 function itemPreview(item) {
   if (item.thumbnail) {
-    return h("div", { class: "card-media" }, h("img", { src: item.thumbnail, alt: `Thumbnail of ${item.id}`, loading: "lazy", decoding: "async" }));
+    const image = h("img", { src: item.thumbnail, alt: `Thumbnail of ${item.id}`, loading: "lazy", decoding: "async" });
+    return h("div", { class: "card-media" }, image);
   }
   if (item.text) return h("div", { class: "card-text" }, h("p", {}, item.text));
   return h("div", { class: "card-media card-media-empty" }, "No preview");
@@ -434,7 +468,12 @@ function metadataChips(metadata) {
     "ul",
     { class: "chips", "aria-label": "Metadata" },
     entries.map(([key, value]) =>
-      h("li", { class: "chip" }, h("span", { class: "chip-key" }, key), typeof value === "object" ? JSON.stringify(value) : String(value)),
+      h(
+        "li",
+        { class: "chip" },
+        h("span", { class: "chip-key" }, key),
+        typeof value === "object" ? JSON.stringify(value) : String(value),
+      ),
     ),
   );
 }
@@ -523,11 +562,16 @@ function bindImageInputs() {
 // --- What happened in this query --------------------------------------------------------------
 
 function renderQueryInfo(info) {
-  setChildren(ui.queryInfoBody, infoSummary(info), stageTimings(info.timings ?? [], info.total_ms), shardTable(info.shards ?? []));
+  setChildren(
+    ui.queryInfoBody,
+    infoSummary(info),
+    stageTimings(info.timings ?? [], info.total_ms),
+    shardTable(info.shards ?? []),
+  );
 }
 
 function infoSummary(info) {
-  const generations = Object.entries(info.generations ?? {}).map(([shard, generation]) => `shard ${shard}: ${generation}`);
+  const generations = Object.entries(info.generations ?? {}).map(([shard, number]) => `shard ${shard}: ${number}`);
   const partial = info.shards_answered < info.shards_queried;
   const rows = [
     ["Total", formatMs(info.total_ms), false],
@@ -558,7 +602,7 @@ function stageTimings(timings, totalMs) {
           "li",
           {},
           h("span", { class: "bar-name" }, timing.stage),
-          h("span", { class: "bar" }, h("span", { class: "bar-fill", style: { width: `${(100 * timing.ms) / (longest || 1)}%` } })),
+          bar(timing.ms / (longest || 1)),
           h("span", { class: "bar-value" }, formatMs(timing.ms)),
         ),
       ),
@@ -566,13 +610,19 @@ function stageTimings(timings, totalMs) {
   );
 }
 
+/** A horizontal bar filled to fraction (0..1). */
+function bar(fraction) {
+  const width = `${clamp(fraction, 0, 1) * 100}%`;
+  return h("span", { class: "bar" }, h("span", { class: "bar-fill", style: { width } }));
+}
+
 function shardTable(shards) {
   if (!shards.length) return null;
   const headings = [
     ["Shard", ""],
-    ["Plan", "index: searched through the index; scan: every item compared"],
-    ["Lists probed", "How deep the index search went (inverted lists probed)"],
-    ["Items allowed", "Items that pass the filter on this shard"],
+    ["Plan", "index: searched through the index; exact: every allowed item scored"],
+    ["Lists probed", "IVF lists probed per query (or HNSW efSearch); none for an exact plan"],
+    ["Items allowed", "Live items matching the filter on this shard"],
     ["ms", "Time spent on this shard"],
   ];
   return h(
@@ -592,9 +642,9 @@ function shardTable(shards) {
             {},
             h("td", {}, String(shard.shard)),
             h("td", {}, h("span", { class: `plan plan-${shard.plan}` }, shard.plan)),
-            h("td", { class: "numeric" }, shard.depth == null ? "—" : Number(shard.depth).toFixed(1)),
+            h("td", { class: "numeric" }, shard.depth ? Number(shard.depth).toFixed(1) : "—"),
             h("td", { class: "numeric" }, shard.matched == null ? "—" : formatCount(shard.matched)),
-            h("td", { class: "numeric" }, formatMs(shard.ms).replace(" ms", "")),
+            h("td", { class: "numeric" }, shard.ms == null ? "—" : formatMillis(shard.ms)),
           ),
         ),
       ),
@@ -631,29 +681,35 @@ async function checkRecall() {
 
 function renderRecall(exact) {
   const missed = exact.exact.filter((hit) => hit.missed).length;
+  const outcome = missed
+    ? `the index missed ${missed} of the exact top ${exact.k}`
+    : "the index found every exact neighbour";
   ui.recallResult.classList.remove("is-busy");
-  setChildren(ui.recallResult, 
+  setChildren(
+    ui.recallResult,
     h("strong", {}, `recall@${exact.k}: ${formatRatio(exact.recall)}`),
-    h(
-      "span",
-      { class: "muted" },
-      ` · ${missed ? `the index missed ${missed} of the exact top ${exact.k}` : "the index found every exact neighbour"} (exact search: ${formatMs(exact.ms)})`,
-    ),
+    h("span", { class: "muted" }, ` · ${outcome} (exact search: ${formatMs(exact.ms)})`),
   );
-  setChildren(ui.exactResults, 
-    ...exact.exact.map((hit) => itemCard(hit, { className: "exact-hit", score: hit.score, missed: Boolean(hit.missed) })),
+  setChildren(
+    ui.exactResults,
+    exact.exact.map((hit) => itemCard(hit, { className: "exact-hit", score: hit.score, missed: Boolean(hit.missed) })),
   );
 }
 
 // --- Map --------------------------------------------------------------------------------------
 
-const scatter = new ScatterMap(ui.map, { onHover: onMapHover, onClick: onMapClick, onSelect: onMapSelect, onDraw: onMapDraw });
+const scatter = new ScatterMap(ui.map, {
+  onHover: onMapHover,
+  onClick: onMapClick,
+  onSelect: onMapSelect,
+  onDraw: onMapDraw,
+});
 window.__mapReady = false;
 window.__mapPointCount = 0;
 window.__mapScreenPoint = (i) => scatter.screenPoint(i);
 
 function ensureMap() {
-  if (mapState.collection === app.collection && mapState.status !== "failed") return;
+  if (mapState.collection === app.collection) return;
   mapState.collection = app.collection;
   mapState.status = "loading";
   showMapMessage("Loading the map…");
@@ -665,7 +721,8 @@ function resetMap() {
   mapState.token++;
   clearTimeout(mapState.timer);
   clearTimeout(mapState.hoverTimer);
-  Object.assign(mapState, { collection: null, status: "idle", header: null, labels: null, points: new Map(), hovered: -1 });
+  Object.assign(mapState, { collection: null, status: "idle", header: null, labels: null, hovered: -1 });
+  mapState.points = new Map();
   scatter.setData({ xy: new Uint16Array(0), labels: new Uint16Array(0), palette: PALETTE });
   window.__mapReady = false;
   window.__mapPointCount = 0;
@@ -699,8 +756,9 @@ async function loadMap(token) {
   } catch (error) {
     if (token !== mapState.token) return;
     mapState.status = "failed";
-    showMapMessage("The map could not be loaded.");
+    showMapMessage("The map could not be loaded. Retrying shortly…");
     showError(error.message);
+    mapState.timer = setTimeout(() => loadMap(token), MAP_RETRY_MS);
   }
 }
 
@@ -741,7 +799,8 @@ function showMapData({ header, xy, labels }) {
   scatter.setData({ xy, labels, palette: PALETTE });
   window.__mapPointCount = header.count;
   const method = header.method === "umap" ? "UMAP" : String(header.method).toUpperCase();
-  ui.mapMeta.textContent = `${plural(header.count, "point")} · ${method} layout (${Math.round(header.seconds)} s) · generation ${header.generation}`;
+  const layout = `${method} layout (${Math.round(header.seconds)} s)`;
+  ui.mapMeta.textContent = `${plural(header.count, "point")} · ${layout} · generation ${header.generation}`;
   renderLegend(header, labels);
   highlightHitsOnMap();
 }
@@ -750,6 +809,8 @@ function onMapDraw(milliseconds) {
   window.__mapDrawMs = milliseconds;
   if (mapState.status === "ready") window.__mapReady = true;
 }
+
+const swatch = (color) => h("span", { class: "swatch", style: { background: color } });
 
 function renderLegend(header, codes) {
   const names = header.labels ?? [];
@@ -760,12 +821,13 @@ function renderLegend(header, codes) {
   for (const code of codes) counts[Math.min(code, names.length)]++;
   const entries = names.map((name, code) => ({ name, color: labelColor(code), count: counts[code] }));
   if (counts[names.length]) entries.push({ name: "no label", color: UNLABELLED_COLOR, count: counts[names.length] });
-  setChildren(ui.mapLegend, 
+  setChildren(
+    ui.mapLegend,
     ...entries.map(({ name, color, count }) =>
       h(
         "li",
         {},
-        h("span", { class: "swatch", style: { background: color } }),
+        swatch(color),
         h("span", { class: "legend-name" }, name),
         h("span", { class: "legend-count" }, formatCount(count)),
       ),
@@ -775,7 +837,11 @@ function renderLegend(header, codes) {
 
 function highlightHitsOnMap() {
   const response = search.response;
-  const applies = mapState.status === "ready" && response?.query?.collection === mapState.collection && Array.isArray(response.map_points);
+  // map_points (the hits' indices in the map, -1 when absent) comes only when the map is ready server-side.
+  const applies =
+    mapState.status === "ready" &&
+    response?.query?.collection === mapState.collection &&
+    Array.isArray(response.map_points);
   scatter.setHighlights(applies ? response.map_points : []);
 }
 
@@ -814,11 +880,12 @@ async function fillTooltip(index, at) {
 function showTooltip(index, at, point) {
   const code = mapState.labels[index];
   const labelName = code === NO_LABEL ? "no label" : mapState.header.labels[code];
-  setChildren(ui.mapTooltip, 
+  setChildren(
+    ui.mapTooltip,
     point?.thumbnail ? h("img", { src: point.thumbnail, alt: "" }) : null,
     point?.text ? h("p", { class: "tooltip-text" }, point.text) : null,
     h("code", { class: "tooltip-id" }, point ? point.id : `point ${index}…`),
-    h("span", { class: "tooltip-label" }, h("span", { class: "swatch", style: { background: labelColor(code) } }), labelName),
+    h("span", { class: "tooltip-label" }, swatch(labelColor(code)), labelName),
   );
   ui.mapTooltip.hidden = false;
   const gap = 14;
@@ -847,7 +914,8 @@ async function onMapSelect(indices) {
   const requested = indices.slice(0, MAX_SELECTION);
   setChildren(ui.mapSelection, h("p", { class: "muted" }, `Loading ${plural(requested.length, "selected item")}…`));
   try {
-    const { items } = await postJSON(`/api/map/${collectionPath(mapState.collection)}/selection`, { points: requested });
+    const url = `/api/map/${collectionPath(mapState.collection)}/selection`;
+    const { items } = await postJSON(url, { points: requested });
     if (token !== mapState.selectionToken) return;
     for (const item of items) mapState.points.set(item.index, Promise.resolve(item));
     renderSelection(items, indices.length);
@@ -864,27 +932,35 @@ function clearSelectionList() {
 }
 
 function renderSelection(items, total) {
-  const heading = total > items.length
-    ? `${plural(total, "point")} selected · showing the first ${formatCount(items.length)}`
-    : `${plural(total, "point")} selected`;
-  ui.mapSelectionNote.textContent = `${plural(total, "point")} selected ↓`;
+  const selected = `${plural(total, "point")} selected`;
+  const heading = total > items.length ? `${selected} · showing the first ${formatCount(items.length)}` : selected;
+  ui.mapSelectionNote.textContent = `${selected} ↓`;
   ui.mapSelectionNote.hidden = false;
-  setChildren(ui.mapSelection, 
+  setChildren(
+    ui.mapSelection,
     h("h2", {}, heading),
-    h("ol", { class: "hit-grid compact" }, items.map((item) => itemCard(item, { className: "selection-item", moreLikeThis: true }))),
+    h(
+      "ol",
+      { class: "hit-grid compact" },
+      items.map((item) => itemCard(item, { className: "selection-item", moreLikeThis: true })),
+    ),
   );
 }
 
 // --- Quality ----------------------------------------------------------------------------------
 
 function renderQualityFields() {
-  const fields = (app.collections.get(app.collection)?.fields ?? []).map((field) => field.name);
+  // Labels are string fields; precision by a numeric field would mean nothing.
+  const fields = (app.collections.get(app.collection)?.fields ?? [])
+    .filter((field) => field.type === "string")
+    .map((field) => field.name);
   setChildren(ui.qualityField, ...fields.map((name) => h("option", { value: name }, name)));
   if (fields.includes("label")) ui.qualityField.value = "label";
 }
 
 function resetQuality() {
   quality.token++;
+  clearTimeout(quality.timer);
   quality.collection = null;
   quality.field = null;
   ui.qualityOverall.textContent = "";
@@ -895,29 +971,42 @@ function ensureQuality() {
   if (quality.collection !== app.collection || quality.field !== ui.qualityField.value) loadQuality();
 }
 
-async function loadQuality() {
+function loadQuality() {
   const field = ui.qualityField.value;
   const token = ++quality.token;
+  clearTimeout(quality.timer);
   quality.collection = app.collection;
   quality.field = field;
   setChildren(ui.qualityRows);
   if (!field) {
-    ui.qualityOverall.textContent = "This collection has no metadata field to measure against.";
+    ui.qualityOverall.textContent = "This collection has no label field to measure against.";
     return;
   }
   ui.qualityOverall.textContent = "Measuring neighbour precision…";
+  fetchQuality(token, field);
+}
+
+async function fetchQuality(token, field) {
   try {
-    const report = await getJSON(`/api/quality/${collectionPath(app.collection)}?field=${encodeURIComponent(field)}`);
+    const url = `/api/quality/${collectionPath(quality.collection)}?field=${encodeURIComponent(field)}`;
+    const report = await getJSON(url);
     if (token === quality.token) renderQuality(report);
   } catch (error) {
     if (token !== quality.token) return;
+    if (error.status === 409) {
+      // 409: the sample the report is computed on (the map's) is not ready yet; ask again shortly.
+      ui.qualityOverall.textContent = `${error.message}…`;
+      quality.timer = setTimeout(() => fetchQuality(token, field), QUALITY_POLL_MS);
+      return;
+    }
     ui.qualityOverall.textContent = "";
     showError(error.message);
   }
 }
 
 function renderQuality(report) {
-  setChildren(ui.qualityOverall, 
+  setChildren(
+    ui.qualityOverall,
     h("span", {}, `Overall precision@${report.k}: `),
     h("strong", {}, report.overall.toFixed(2)),
     h("span", { class: "muted" }, ` · over ${plural(report.sample, "sampled item")}`),
@@ -935,20 +1024,19 @@ function qualityRow(entry) {
     h(
       "td",
       {},
-      h(
-        "div",
-        { class: "meter" },
-        h("span", { class: "bar" }, h("span", { class: "bar-fill", style: { width: `${entry.precision * 100}%` } })),
-        h("span", { class: "bar-value" }, entry.precision.toFixed(2)),
-      ),
+      h("div", { class: "meter" }, bar(entry.precision), h("span", { class: "bar-value" }, entry.precision.toFixed(2))),
     ),
     h("td", { class: "numeric" }, formatCount(entry.count)),
-    h(
-      "td",
-      {},
-      confusions.length
-        ? h("ul", { class: "chips" }, confusions.map((c) => h("li", { class: "chip" }, c.label, h("span", { class: "chip-key" }, `${Math.round(c.share * 100)}%`))))
-        : h("span", { class: "muted" }, "—"),
+    h("td", {}, confusions.length ? confusionChips(confusions) : h("span", { class: "muted" }, "—")),
+  );
+}
+
+function confusionChips(confusions) {
+  return h(
+    "ul",
+    { class: "chips" },
+    confusions.map(({ label, share }) =>
+      h("li", { class: "chip" }, label, h("span", { class: "chip-key" }, `${Math.round(share * 100)}%`)),
     ),
   );
 }

@@ -100,23 +100,15 @@ export class ScatterMap {
     this.context = canvas.getContext("2d");
     this.callbacks = { onHover, onClick, onSelect, onDraw };
     this.backgroundPixel = packColor(BACKGROUND);
-    this.count = 0;
-    this.xy = new Uint16Array(0);
-    this.labels = new Uint16Array(0);
-    this.colors = buildColorTable([UNLABELLED]);
-    this.bounds = boundsOf(this.xy, 0);
-    this.grid = buildGrid(this.xy, 0, this.bounds);
-    this.highlights = [];
     this.hovered = -1;
-    this.selectionBox = null; // data-space rectangle of the last box selection
     this.gesture = null; // the pointer drag in progress
-    this.size = { width: 0, height: 0, dpr: 1 };
+    this.size = { width: 0, height: 0, dpr: 1 }; // CSS pixels, and device pixels per CSS pixel
     this.view = { scale: 1, x: 0, y: 0, fitScale: 1 };
     this.viewMoved = false; // once the user pans or zooms, resizes keep their view
-    this.image = null;
+    this.image = null; // the ImageData points are drawn into, and a Uint32Array view of its pixels
     this.pixels = null;
     this.frame = 0;
-    this.lastDrawMs = 0;
+    this.setData({ xy: new Uint16Array(0), labels: new Uint16Array(0), palette: [] });
     this.listen();
     this.resizeObserver = new ResizeObserver(() => this.resize());
     this.resizeObserver.observe(canvas);
@@ -134,7 +126,7 @@ export class ScatterMap {
     this.bounds = boundsOf(xy, this.count);
     this.grid = buildGrid(xy, this.count, this.bounds);
     this.highlights = [];
-    this.selectionBox = null;
+    this.selectionBox = null; // data-space rectangle of the last box selection
     this.setHovered(-1);
     this.resetView();
   }
@@ -172,7 +164,8 @@ export class ScatterMap {
     const { minX, minY, maxX, maxY } = this.bounds;
     const spanX = Math.max(maxX - minX, 1);
     const spanY = Math.max(maxY - minY, 1);
-    const scale = Math.max(Math.min((width - 2 * FIT_PADDING_PX) / spanX, (height - 2 * FIT_PADDING_PX) / spanY), 1e-6);
+    const fit = Math.min((width - 2 * FIT_PADDING_PX) / spanX, (height - 2 * FIT_PADDING_PX) / spanY);
+    const scale = Math.max(fit, 1e-6); // a canvas not laid out yet still gets a usable (if tiny) view
     this.view = {
       scale,
       fitScale: scale,
@@ -290,7 +283,8 @@ export class ScatterMap {
       ["wheel", (event) => this.onWheel(event)],
       ["keydown", (event) => this.onKeyDown(event)],
     ];
-    for (const [type, handler] of this.handlers) this.canvas.addEventListener(type, handler, { passive: type !== "wheel" });
+    // Not passive: wheel and key handlers call preventDefault to keep the page from scrolling.
+    for (const [type, handler] of this.handlers) this.canvas.addEventListener(type, handler);
   }
 
   localPoint(event) {
@@ -358,7 +352,12 @@ export class ScatterMap {
   finishSelection(start, end) {
     const a = this.toData(start.x, start.y);
     const b = this.toData(end.x, end.y);
-    this.selectionBox = { minX: Math.min(a.x, b.x), minY: Math.min(a.y, b.y), maxX: Math.max(a.x, b.x), maxY: Math.max(a.y, b.y) };
+    this.selectionBox = {
+      minX: Math.min(a.x, b.x),
+      minY: Math.min(a.y, b.y),
+      maxX: Math.max(a.x, b.x),
+      maxY: Math.max(a.y, b.y),
+    };
     this.requestDraw();
     this.callbacks.onSelect(this.pointsIn(this.selectionBox));
   }
@@ -384,7 +383,7 @@ export class ScatterMap {
       "+": () => this.zoomAt(centreX, centreY, 1.25),
       "=": () => this.zoomAt(centreX, centreY, 1.25),
       "-": () => this.zoomAt(centreX, centreY, 0.8),
-      0: () => this.resetView(),
+      "0": () => this.resetView(),
     };
     const action = actions[event.key];
     if (!action) return;
@@ -406,8 +405,7 @@ export class ScatterMap {
     const started = performance.now();
     this.drawPoints();
     this.drawOverlays();
-    this.lastDrawMs = performance.now() - started;
-    this.callbacks.onDraw(this.lastDrawMs);
+    this.callbacks.onDraw(performance.now() - started);
   }
 
   /** Side of a point's square in device pixels: grows a little as the user zooms in. */
@@ -473,18 +471,25 @@ export class ScatterMap {
     const { gesture, context } = this;
     let rect = null;
     if (gesture && gesture.mode === "select" && gesture.moved) {
-      rect = { x: gesture.start.x, y: gesture.start.y, width: gesture.last.x - gesture.start.x, height: gesture.last.y - gesture.start.y };
+      const { start, last } = gesture;
+      rect = { x: start.x, y: start.y, width: last.x - start.x, height: last.y - start.y };
     } else if (this.selectionBox) {
       const { minX, minY, maxX, maxY } = this.selectionBox;
       const { scale, x, y } = this.view;
-      rect = { x: minX * scale + x, y: minY * scale + y, width: (maxX - minX) * scale, height: (maxY - minY) * scale };
+      const width = (maxX - minX) * scale;
+      const height = (maxY - minY) * scale;
+      rect = { x: minX * scale + x, y: minY * scale + y, width, height };
     }
     if (!rect) return;
-    context.fillStyle = "rgba(37, 99, 235, 0.08)";
+    context.fillStyle = "rgba(37, 99, 235, 0.1)";
     context.fillRect(rect.x, rect.y, rect.width, rect.height);
+    // A white underlay keeps the dashed outline readable over dense, dark clusters.
+    context.lineWidth = 3;
+    context.strokeStyle = "rgba(255, 255, 255, 0.9)";
+    context.strokeRect(rect.x, rect.y, rect.width, rect.height);
     context.setLineDash([5, 4]);
     context.lineWidth = 1.5;
-    context.strokeStyle = "#2563eb";
+    context.strokeStyle = "#1d4ed8";
     context.strokeRect(rect.x, rect.y, rect.width, rect.height);
     context.setLineDash([]);
   }
