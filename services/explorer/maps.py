@@ -65,7 +65,8 @@ class CollectionMap:
         """The browser's form: uint32 LE header length, the JSON header, padding to 4 bytes, x and y per
         point (uint16 LE), then a label code per point (uint16 LE)."""
         header = json.dumps({"count": len(self.ids), "field": self.field, "labels": self.labels,
-                             "method": self.method, "seconds": round(self.seconds, 1)}).encode()  # fmt: skip
+                             "method": self.method, "seconds": round(self.seconds, 1),
+                             "items": self.count, "computed_at": round(self.computed_at)}).encode()  # fmt: skip
         pad = (-(4 + len(header))) % 4
         body = (
             np.ascontiguousarray(self.xy, dtype="<u2").tobytes()

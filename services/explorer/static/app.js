@@ -578,7 +578,7 @@ function infoSummary(info) {
     ["Cached", info.cached ? "yes" : "no", false],
     ["Shards answered", `${info.shards_answered ?? "—"} of ${info.shards_queried ?? "—"}`, partial],
     ["Generations", generations.join(", ") || "—", false],
-    ["Model", info.model_version ?? "—", false],
+    ["Model", info.model_version || "—", false],
   ];
   return h(
     "dl",
@@ -586,6 +586,16 @@ function infoSummary(info) {
     rows.map(([term, value, warn]) => [h("dt", {}, term), h("dd", { class: warn ? "warning" : null }, value)]),
   );
 }
+
+// The gateway's stage names, as a person reads them.
+const STAGE_NAMES = {
+  lookup: "item lookup",
+  embedding_cache: "embedding cache",
+  embed: "embed (Triton)",
+  result_cache: "result cache",
+  fanout: "fan-out to shards",
+  merge: "merge",
+};
 
 function stageTimings(timings, totalMs) {
   if (!timings.length) return null;
@@ -601,7 +611,7 @@ function stageTimings(timings, totalMs) {
         h(
           "li",
           {},
-          h("span", { class: "bar-name" }, timing.stage),
+          h("span", { class: "bar-name", title: timing.stage }, STAGE_NAMES[timing.stage] ?? timing.stage),
           bar(timing.ms / (longest || 1)),
           h("span", { class: "bar-value" }, formatMs(timing.ms)),
         ),
@@ -800,7 +810,9 @@ function showMapData({ header, xy, labels }) {
   window.__mapPointCount = header.count;
   const method = header.method === "umap" ? "UMAP" : String(header.method).toUpperCase();
   const layout = `${method} layout (${Math.round(header.seconds)} s)`;
-  ui.mapMeta.textContent = `${plural(header.count, "point")} · ${layout} · generation ${header.generation}`;
+  const computed = new Date(header.computed_at * 1000).toLocaleString();
+  const sample = `${plural(header.count, "point")} sampled from ${header.items.toLocaleString()} items`;
+  ui.mapMeta.textContent = `${sample} · ${layout} · computed ${computed}`;
   renderLegend(header, labels);
   highlightHitsOnMap();
 }
