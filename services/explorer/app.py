@@ -109,6 +109,7 @@ class Explorer:
                 "fields": [{"name": f.name, "type": f.type} for f in config.fields],
                 "thumbnails": config.stores_thumbnails, "loading": now - grew_at < LOADING_WINDOW_S,
             })  # fmt: skip
+        self.maps.keep_only({info.name for info in infos})
         return JSONResponse({"collections": out})
 
     # --- search ---------------------------------------------------------------------------------------

@@ -64,9 +64,16 @@ class CollectionMap:
     def payload(self) -> bytes:
         """The browser's form: uint32 LE header length, the JSON header, padding to 4 bytes, x and y per
         point (uint16 LE), then a label code per point (uint16 LE)."""
-        header = json.dumps({"count": len(self.ids), "field": self.field, "labels": self.labels,
-                             "method": self.method, "seconds": round(self.seconds, 1),
-                             "items": self.count, "computed_at": round(self.computed_at)}).encode()  # fmt: skip
+        header = {
+            "count": len(self.ids),
+            "field": self.field,
+            "labels": self.labels,
+            "method": self.method,
+            "seconds": round(self.seconds, 1),
+            "items": self.count,
+            "computed_at": round(self.computed_at),
+        }
+        header = json.dumps(header).encode()
         pad = (-(4 + len(header))) % 4
         body = (
             np.ascontiguousarray(self.xy, dtype="<u2").tobytes()
@@ -151,6 +158,9 @@ class Maps:
         """("ready", map), ("computing", job), ("failed", job) or ("empty", None); starts a computation
         when there is no map yet or the collection changed enough, and serves the old map meanwhile."""
         current = self.cached(collection)
+        if current is not None and count < MIN_POINTS:
+            self.forget(collection)  # emptied, or dropped and created again: the old items are gone
+            current = None
         stale = current is None or (
             abs(count - current.count) > REFRESH_SHARE * max(current.count, 1)
             and time.time() - current.computed_at >= self.min_refresh_interval_s
@@ -173,6 +183,13 @@ class Maps:
         """A collection that was dropped: its map goes too."""
         self.maps.pop(collection, None)
         self._path(collection).unlink(missing_ok=True)
+
+    def keep_only(self, collections: set[str]) -> None:
+        """Forgets the maps (in memory and on disk) of collections that no longer exist."""
+        on_disk = {path.name.removesuffix(".npz") for path in self.directory.glob("*.npz")}
+        for name in (set(self.maps) | on_disk) - collections - set(self._tasks):
+            log.info("collection %s is gone: its map is deleted", name)
+            self.forget(name)
 
     async def _compute(self, collection: str, count: int, fields: list[str], metric: str) -> None:
         job = self.jobs[collection]

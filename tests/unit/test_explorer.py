@@ -222,6 +222,18 @@ def test_a_map_is_recomputed_when_the_collection_changed_enough(client):
     assert decode(client.get("/api/map/images").content)[0]["count"] == 400
 
 
+def test_the_map_of_a_dropped_collection_is_deleted(client, tmp_path):
+    wait_for_map(client, "images")
+    assert (tmp_path / "maps" / "images.npz").exists()
+    del client.gateway.specs["images"]  # dropped by some client app
+    assert [c["name"] for c in client.get("/api/collections").json()["collections"]] == ["texts"]
+    assert not (tmp_path / "maps" / "images.npz").exists() and client.maps.cached("images") is None
+    # Created again and still empty: no map of the old items.
+    client.gateway.specs["images"] = client.gateway.specs["texts"]
+    client.gateway.count = 0
+    assert client.get("/api/map/images").json() == {"state": "empty"}
+
+
 def test_quality_by_label(client):
     wait_for_map(client, "images")
     report = client.get("/api/quality/images?field=label").json()
