@@ -24,7 +24,7 @@ DIM = 1280  # the image collection's dimension
 LABELS = 10
 GOAL_ADDED_MS = 5.0
 GOAL_BYTES_PER_POINT = 16
-WARMUP_POINTS = 500
+WARMUP_POINTS = 5_000  # past 4,096 points UMAP switches to NN-descent, with kernels of its own
 
 
 def _load(client: SemsearchClient, name: str, vectors: np.ndarray) -> None:
