@@ -14,8 +14,10 @@ LOG=var/setup.log
 # checks deploy/prometheus/ and `semsearch up --with-prometheus`. libfuse2: mfusepy mounts the
 # power-cut filesystem of tests/powercut.py (as root, no fusermount needed). chromium,
 # chromium-driver: the headless browser of the explorer's tests (Selenium drives this one; nothing
-# downloads a browser).
-APT_PACKAGES=(dataset-fashion-mnist fortunes redis-server prometheus libfuse2 chromium chromium-driver)
+# downloads a browser). wordnet-base: WordNet 3.0, read by the model export (words for pictures);
+# fonts-noto-color-emoji, unicode-data: the emoji data set of `semsearch eval crossmodal`.
+APT_PACKAGES=(dataset-fashion-mnist fortunes redis-server prometheus libfuse2 chromium chromium-driver
+  wordnet-base fonts-noto-color-emoji unicode-data)
 PYTHON="${PYTHON:-python3}"
 
 step() { printf 'setup: %s\n' "$*"; }

@@ -1,4 +1,4 @@
-"""Real data sets that ship in Debian packages: Fashion-MNIST images (more corpora join later)."""
+"""Real data sets that ship in Debian packages: Fashion-MNIST images, fortunes, Noto emoji."""
 
 from __future__ import annotations
 
@@ -90,3 +90,63 @@ def fortunes(directory: Path = FORTUNES_DIR, skip: tuple[str, ...] = ("ascii-art
                 texts.append(text)
                 categories.append(path.name)
     return LabelledTexts(texts=texts, categories=categories)
+
+
+EMOJI_FONT = Path(os.environ.get("SEMSEARCH_EMOJI_FONT", "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"))
+EMOJI_TEST = Path(os.environ.get("SEMSEARCH_EMOJI_TEST", "/usr/share/unicode/emoji/emoji-test.txt"))
+
+
+@dataclass(frozen=True)
+class Emoji:
+    """Emoji pictures (RGBA PNG) with their Unicode name, group and subgroup."""
+
+    pngs: list[bytes]
+    names: list[str]
+    groups: list[str]
+    subgroups: list[str]
+
+
+def noto_emoji(font: Path = EMOJI_FONT, test_file: Path = EMOJI_TEST) -> Emoji:
+    """Every fully-qualified emoji without a skin-tone variant (~1,900), drawn from Debian's
+    `fonts-noto-color-emoji` (its 109-pixel bitmaps), cropped to a transparent square, labelled by
+    Debian's `unicode-data` emoji-test.txt."""
+    import re
+
+    from PIL import ImageDraw, ImageFont
+
+    for path, package in ((font, "fonts-noto-color-emoji"), (test_file, "unicode-data")):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found: install the Debian package {package} (scripts/setup.sh does)"
+            )
+    typeface = ImageFont.truetype(str(font), 109)  # the font's only bitmap size
+    line_format = re.compile(r"^[0-9A-F ]+;\s*fully-qualified\s*#\s*(\S+)\s+E\S+\s+(.*)$")
+    out = Emoji([], [], [], [])
+    group = subgroup = ""
+    for line in test_file.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif "; fully-qualified" in line and "skin tone" not in line:
+            match = line_format.match(line.strip())
+            if match is None:
+                continue
+            canvas = Image.new("RGBA", (160, 160), (0, 0, 0, 0))
+            ImageDraw.Draw(canvas).text(
+                (80, 80), match.group(1), font=typeface, embedded_color=True, anchor="mm"
+            )
+            box = canvas.getbbox()
+            if box is None:  # a sequence the font draws as nothing
+                continue
+            drawn = canvas.crop(box)
+            side = max(drawn.size)
+            square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+            square.paste(drawn, ((side - drawn.width) // 2, (side - drawn.height) // 2))
+            buffer = io.BytesIO()
+            square.save(buffer, format="PNG")
+            out.pngs.append(buffer.getvalue())
+            out.names.append(match.group(2))
+            out.groups.append(group)
+            out.subgroups.append(subgroup)
+    return out

@@ -7,7 +7,15 @@ import re
 from dataclasses import asdict, dataclass, fields
 
 from semsearch.core.errors import InvalidArgument
-from semsearch.core.models import IMAGE_DIM, IMAGE_MODEL, MODEL_DIMS, MODEL_KINDS, TEXT_DIM, TEXT_MODEL
+from semsearch.core.models import (
+    IMAGE_DIM,
+    IMAGE_MODEL,
+    MODEL_DIMS,
+    MODEL_KINDS,
+    QUERY_MODELS,
+    TEXT_DIM,
+    TEXT_MODEL,
+)
 
 METRICS = ("cosine", "inner_product", "l2")
 INDEX_KINDS = ("ivf_pq", "hnsw", "exact")
@@ -105,8 +113,14 @@ class CollectionConfig:
 
     @property
     def accepted_kinds(self) -> tuple[str, ...]:
-        """Query kinds the collection answers: its model's content kind (if any), vectors, stored ids."""
-        return ((MODEL_KINDS[self.model],) if self.model else ()) + ("vector", "id")
+        """Query kinds the collection answers: what its model's served routes embed (an image model's
+        collection also answers words, through the bridge), vectors, stored ids."""
+        return (*QUERY_MODELS.get(self.model, {}), "vector", "id")
+
+    @property
+    def item_kinds(self) -> tuple[str, ...]:
+        """Kinds of items the collection stores: its model's content kind (if any), vectors."""
+        return ((MODEL_KINDS[self.model],) if self.model else ()) + ("vector",)
 
     @property
     def stores_thumbnails(self) -> bool:

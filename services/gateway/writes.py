@@ -86,7 +86,7 @@ class Writes:
         kind = item.kind
         if kind is None:
             return f"items[{i}]: needs an image, a text or a vector"
-        kinds = [k for k in config.accepted_kinds if k != "id"]
+        kinds = config.item_kinds
         if kind not in kinds:
             return (
                 f"items[{i}].{kind}: collection {collection!r} takes {' or '.join(kinds)} items, not {kind}s"

@@ -12,11 +12,12 @@ from PIL import Image
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from semsearch.core.collections import image_collection, text_collection
+from semsearch.core.collections import CollectionConfig, image_collection, text_collection
 from semsearch.core.errors import InvalidArgument, Unavailable
 from services.gateway.cache import Cache
 from services.gateway.config import GatewaySettings
 from services.gateway.domain import Hit, Query, ShardHits, UpsertInput
+from services.gateway.embedder_client import Embeddings
 from services.gateway.service import GatewayService
 from services.gateway.shard_client import Catalog
 
@@ -92,12 +93,22 @@ class FakeShard:
         raise AssertionError("not used")
 
     async def catalog(self, timeout):
-        return Catalog(1, {c.name: c for c in (image_collection(), text_collection())})
+        plain = CollectionConfig(name="plain", dim=384)  # vectors only, no model
+        return Catalog(1, {c.name: c for c in (image_collection(), text_collection(), plain)})
 
 
 class FakeEmbedder:
+    def __init__(self) -> None:
+        self.texts: list[tuple[str, str]] = []  # (model, text) of every text embedded
+
     async def model_version(self, model):
         return f"{model}@test"
+
+    async def embed_texts(self, texts, model=None):
+        model = model or "minilm_l6"
+        self.texts += [(model, t) for t in texts]
+        dim = 1280 if model in ("efficientnet_lite0", "imagenet_bridge") else 384
+        return Embeddings(np.stack([unit(len(t), dim) for t in texts]), [None] * len(texts), f"{model}@test")
 
 
 def make_service(redis: FakeRedis | None = None) -> tuple[GatewayService, list[FakeShard], FakeRedis]:
@@ -146,11 +157,25 @@ def test_items_of_a_kind_the_collection_does_not_take_fail_alone():
 def test_query_kinds_a_collection_cannot_answer_name_the_collection_and_the_kinds():
     service, _, _ = make_service()
     with pytest.raises(InvalidArgument) as info:
-        run(service.search(Query("images", "text", text="a red sneaker")))
+        run(service.search(Query("texts", "image", image=png())))
     assert (
         str(info.value)
-        == "text: collection 'images' accepts image, vector, stored id queries, not text queries"
+        == "image: collection 'texts' accepts text, vector, stored id queries, not image queries"
     )
+    with pytest.raises(InvalidArgument) as info:
+        run(service.search(Query("plain", "text", text="a red sneaker")))
+    assert str(info.value) == "text: collection 'plain' accepts vector, stored id queries, not text queries"
+
+
+def test_words_on_an_image_collection_go_through_the_bridge_and_say_so():
+    service, _, _ = make_service()
+    run(service.upsert("images", [UpsertInput(f"v{i}", vector=unit(i, 1280)) for i in range(5)], 5))
+    result = run(service.search(Query("images", "text", text="ankle boot", k=3)))
+    assert service.embedder.texts[-1] == ("imagenet_bridge", "ankle boot")
+    assert result.model_version == "imagenet_bridge@test" and len(result.hits) == 3
+    # Items are still what the model embeds: an image collection takes no text items.
+    errors = run(service.upsert("images", [UpsertInput("t", text="a boot")], 5))
+    assert errors[0] == "items[0].text: collection 'images' takes image or vector items, not texts"
 
 
 def test_more_like_this_excludes_the_item_at_the_shards_and_keeps_k():

@@ -137,6 +137,47 @@ def cmd_bench_payloads(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_crossmodal(args: argparse.Namespace) -> int:
+    from semsearch.tools.eval_crossmodal import evaluate_crossmodal
+
+    rows, summary = evaluate_crossmodal(repository_of(args), shards=args.shards, latency_queries=args.queries)
+    out = sys.stderr if args.json else sys.stdout
+    print(table(["set", "query", "relevant", "P@10", "P@100"], rows), file=out)
+    means = [
+        (
+            key,
+            s["precision_at_10"],
+            s["min_precision_at_10"],
+            s["random"],
+            s["precision_at_100"],
+            s["ceiling_at_100"],
+        )
+        for key, s in ((k, summary[k]) for k in ("fashion_mnist", "noto_emoji"))
+    ]
+    print(
+        table(["set", "mean P@10", "lowest P@10", "random", "mean P@100", "P@100 ceiling"], means), file=out
+    )
+    latency = summary["latency"]
+    print(
+        table(
+            ["text queries", "p50 ms", "embed stage p50 ms"],
+            [
+                (
+                    "on images (bridge)",
+                    latency["text_on_images_p50_ms"],
+                    latency["embed_text_on_images_p50_ms"],
+                ),
+                ("on texts (MiniLM)", latency["text_on_texts_p50_ms"], latency["embed_text_on_texts_p50_ms"]),
+                ("ratio (goal <= 1.2)", latency["p50_ratio"], latency["embed_p50_ratio"]),
+            ],
+        ),
+        file=out,
+    )
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def register(sub) -> None:
     """Add this group's commands to the top-level subparsers."""
     evaluate = sub.add_parser(
@@ -195,6 +236,22 @@ def register(sub) -> None:
     p.add_argument("--exact-filter-max", type=int, help="the shards' SEMSEARCH_INDEXER_EXACT_FILTER_MAX")
     repository_arg(p)
     p.set_defaults(func=cmd_eval_search)
+
+    p = evsub.add_parser(
+        "crossmodal",
+        help="words for pictures: category words as text queries on image collections",
+        description="On a private stack: ingest the 10,000 Fashion-MNIST test images and the Noto "
+        "emoji (drawn from Debian's font, labelled by Unicode subgroup), send category words as text "
+        "queries (answered through the words-for-pictures bridge) and report precision@10 and @100 "
+        "per word against the labels; then the same words on the images and on a text collection, "
+        "p50 of the search and of the embedding stage. Prints a table (stderr with --json) and, "
+        "last, one JSON object.",
+    )
+    p.add_argument("--json", action="store_true", help="print the table to stderr, JSON to stdout")
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--queries", type=int, default=200, help="words timed on each collection (default 200)")
+    repository_arg(p)
+    p.set_defaults(func=cmd_eval_crossmodal)
 
     bench = sub.add_parser("bench", help="measure speed against the raw engines")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="TARGET")

