@@ -172,7 +172,7 @@ class ListCollectionsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "dim", "count", "model", "model_version", "index", "generations", "shards_answered", "shards_total", "spec", "state", "shards")
+    __slots__ = ("name", "dim", "count", "model", "model_version", "index", "generations", "shards_answered", "shards_total", "spec", "state", "shards", "query_kinds", "item_kinds")
     class GenerationsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +192,8 @@ class CollectionInfo(_message.Message):
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_KINDS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_KINDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     count: int
@@ -204,7 +206,9 @@ class CollectionInfo(_message.Message):
     spec: _common_pb2.CollectionSpec
     state: str
     shards: _containers.RepeatedCompositeFieldContainer[ShardUsage]
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., index: _Optional[str] = ..., generations: _Optional[_Mapping[int, int]] = ..., shards_answered: _Optional[int] = ..., shards_total: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.CollectionSpec, _Mapping]] = ..., state: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardUsage, _Mapping]]] = ...) -> None: ...
+    query_kinds: _containers.RepeatedScalarFieldContainer[str]
+    item_kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., index: _Optional[str] = ..., generations: _Optional[_Mapping[int, int]] = ..., shards_answered: _Optional[int] = ..., shards_total: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.CollectionSpec, _Mapping]] = ..., state: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardUsage, _Mapping]]] = ..., query_kinds: _Optional[_Iterable[str]] = ..., item_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardUsage(_message.Message):
     __slots__ = ("shard", "count", "rows", "disk_bytes", "memory_bytes", "generation", "rebuilding", "rebuild_progress", "drift", "estimated_recall", "recall_samples")

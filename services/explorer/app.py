@@ -105,7 +105,7 @@ class Explorer:
             self._counts[info.name] = (info.count, grew_at)
             out.append({
                 "name": info.name, "dim": config.dim, "model": config.model, "count": info.count,
-                "state": info.state, "kinds": list(config.accepted_kinds), "metric": config.metric,
+                "state": info.state, "kinds": list(info.query_kinds), "metric": config.metric,
                 "fields": [{"name": f.name, "type": f.type} for f in config.fields],
                 "thumbnails": config.stores_thumbnails, "loading": now - grew_at < LOADING_WINDOW_S,
             })  # fmt: skip

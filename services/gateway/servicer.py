@@ -199,6 +199,8 @@ def _info(view: CollectionView) -> search_pb2.CollectionInfo:
         shards_total=view.shards_total,
         spec=spec_from_config(config),
         state=view.state,
+        query_kinds=config.accepted_kinds,
+        item_kinds=config.item_kinds,
         shards=[
             search_pb2.ShardUsage(
                 shard=shard,

@@ -64,6 +64,12 @@ def test_words_find_pictures_of_their_category(client, model_repository, words, 
 
 
 def test_a_collection_that_reads_no_words_says_so(client):
+    described = client.describe_collection("images")
+    assert (list(described.query_kinds), list(described.item_kinds)) == (
+        ["image", "text", "vector", "id"],
+        ["image", "vector"],
+    )
+    assert list(client.describe_collection("plain").query_kinds) == ["vector", "id"]
     with pytest.raises(grpc.RpcError) as info:
         client.search("plain", text="a red sneaker")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

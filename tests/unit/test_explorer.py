@@ -15,7 +15,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from semsearch.core.collections import FieldSpec, image_collection, text_collection
-from semsearch.specs import spec_from_config
+from semsearch.specs import config_from_spec, spec_from_config
 from semsearch.v1 import common_pb2, search_pb2
 from services.explorer import projection, quality
 from services.explorer.app import Explorer, create_app, payload_fields
@@ -52,7 +52,14 @@ class FakeGateway:
     async def describe(self, name, timeout=10.0):
         if name not in self.specs:
             raise GatewayError("NOT_FOUND", f"collection: unknown collection {name!r} (known: images, texts)")
-        return search_pb2.CollectionInfo(name=name, spec=self.specs[name], count=self.count, state="exact")
+        config = config_from_spec(self.specs[name])
+        return search_pb2.CollectionInfo(
+            name=name,
+            spec=self.specs[name],
+            count=self.count,
+            state="exact",
+            query_kinds=config.accepted_kinds,
+        )
 
     async def search(self, request, timeout=30.0):
         self.searches.append(request)
@@ -97,7 +104,7 @@ def client(tmp_path):
 def test_collections_list_what_each_accepts(client):
     body = client.get("/api/collections").json()["collections"]
     images = next(c for c in body if c["name"] == "images")
-    assert images["kinds"] == ["image", "vector", "id"] and images["fields"] == [
+    assert images["kinds"] == ["image", "text", "vector", "id"] and images["fields"] == [
         {"name": "label", "type": "string"}
     ]
     assert images["thumbnails"] is True and images["count"] == 300

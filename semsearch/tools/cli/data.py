@@ -87,6 +87,7 @@ def cmd_collections_describe(args: argparse.Namespace) -> int:
                                         for k, v in spec.items()]))  # fmt: skip
     print(
         f"\n{info.count} items, index {info.index} ({info.state}), model version {info.model_version or '-'}"
+        f"\nanswers {', '.join(info.query_kinds)} queries; stores {', '.join(info.item_kinds)} items"
     )
     rows = [
         (s.shard, s.count, s.rows, f"{s.disk_bytes / 2**20:.1f}", f"{s.memory_bytes / 2**20:.1f}",
