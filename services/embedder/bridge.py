@@ -21,8 +21,9 @@ Noto emoji (docs/ARCHITECTURE.md, "Words for pictures"): classifier rows beat cl
 probability re-ranking there; the WordNet part lifts category words ("footwear", "fruit") that no
 single class name matches.
 
-Served as the Triton ensemble `imagenet_bridge`: the MiniLM tokenizer and encoder, the WordNet lookup
-(`triton_models/bridge_words_model.py`, a table built here) and this module's ONNX graph.
+Served as the Triton ensemble `imagenet_bridge`: the MiniLM tokenizer and encoder, then one python
+model (`triton_models/bridge_model.py`) that looks the text up in WordNet and combines the prototypes,
+with the tables built here.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from services.embedder.triton_models.bridge_words_model import wordnet_weights
+from services.embedder.triton_models.bridge_model import (
+    LAMBDA,
+    TEMPERATURE,
+    TOP_CLASSES,
+    bridge_vectors,
+    wordnet_weights,
+)
 
-TOP_CLASSES = 7
-TEMPERATURE = 0.1
-LAMBDA = 0.5
 NUM_CLASSES = 1000
 TEMPLATES = ("{}", "a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.")
 WORDNET_DIR = Path("/usr/share/wordnet")  # Debian wordnet-base (WordNet 3.0)
@@ -216,8 +220,8 @@ def prototypes(classifier_weight: np.ndarray) -> np.ndarray:
 def reference_query(
     text_embedding: np.ndarray, wordnet_row: np.ndarray, class_text: np.ndarray, class_prototypes: np.ndarray
 ) -> np.ndarray:
-    """query(q) for one text in numpy: what the ONNX graph computes (the export checks one against
-    the other)."""
+    """query(q) for one text, written as the formula above: the served model's batched computation
+    (bridge_model.bridge_vectors) is checked against it at export and in the tests."""
     similarities = class_text @ text_embedding
     top = np.argsort(-similarities, kind="stable")[:TOP_CLASSES]
     scaled = (similarities[top] - similarities[top].max()) / TEMPERATURE
@@ -227,59 +231,6 @@ def reference_query(
         weights = (1 - LAMBDA) * weights + LAMBDA * wordnet_row
     vector = weights @ class_prototypes.astype(np.float64)
     return (vector / np.linalg.norm(vector)).astype(np.float32)
-
-
-def onnx_graph(class_text: np.ndarray, class_prototypes: np.ndarray):
-    """The ONNX model: text_embedding [B, 384] and wordnet_weights [B, 1000] -> embedding [B, 1280]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    constants = [
-        numpy_helper.from_array(np.ascontiguousarray(class_text.T, dtype=np.float32), "class_text_t"),
-        numpy_helper.from_array(np.ascontiguousarray(class_prototypes, dtype=np.float32), "prototypes"),
-        numpy_helper.from_array(np.array([TOP_CLASSES], np.int64), "top_classes"),
-        numpy_helper.from_array(np.array(1.0 / TEMPERATURE, np.float32), "inverse_temperature"),
-        numpy_helper.from_array(np.array(LAMBDA, np.float32), "lambda"),
-        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
-        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-    ]
-    node = helper.make_node
-    nodes = [
-        node("MatMul", ["text_embedding", "class_text_t"], ["similarities"]),  # [B, 1000]
-        node("TopK", ["similarities", "top_classes"], ["top_values", "top_indices"], axis=1),
-        node("Mul", ["top_values", "inverse_temperature"], ["top_logits"]),
-        node("Softmax", ["top_logits"], ["top_weights"], axis=1),
-        node("Mul", ["similarities", "zero"], ["zeros"]),
-        node("ScatterElements", ["zeros", "top_indices", "top_weights"], ["text_weights"], axis=1),
-        node("ReduceSum", ["wordnet_weights", "axis1"], ["wordnet_total"], keepdims=1),  # 1 or 0
-        node("Greater", ["wordnet_total", "zero"], ["has_wordnet"]),
-        node("Cast", ["has_wordnet"], ["has_wordnet_f"], to=TensorProto.FLOAT),
-        node("Mul", ["has_wordnet_f", "lambda"], ["lambda_used"]),
-        node("Sub", ["one", "lambda_used"], ["text_share"]),
-        node("Mul", ["text_weights", "text_share"], ["text_part"]),
-        node("Mul", ["wordnet_weights", "lambda"], ["wordnet_part"]),
-        node("Add", ["text_part", "wordnet_part"], ["weights"]),
-        node("MatMul", ["weights", "prototypes"], ["combined"]),  # [B, 1280]
-        node("ReduceL2", ["combined"], ["norm"], axes=[1], keepdims=1),
-        node("Div", ["combined", "norm"], ["embedding"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "imagenet_bridge",
-        [
-            helper.make_tensor_value_info(
-                "text_embedding", TensorProto.FLOAT, ["batch", class_text.shape[1]]
-            ),
-            helper.make_tensor_value_info("wordnet_weights", TensorProto.FLOAT, ["batch", NUM_CLASSES]),
-        ],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", class_prototypes.shape[1]])],
-        constants,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="semsearch")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
 
 
 def words_table(wordnet: WordNet, wnids: list[str]) -> dict:
@@ -293,54 +244,44 @@ def words_table(wordnet: WordNet, wnids: list[str]) -> dict:
     return {"num_classes": NUM_CLASSES, "classes": dict(sorted(classes.items())), "exceptions": exceptions}
 
 
-def check_graph(model_path: Path, table: dict, class_text: np.ndarray, class_prototypes: np.ndarray,
-                text_embeddings: np.ndarray, texts: list[str]) -> float:  # fmt: skip
-    """Max |difference| between the ONNX graph (onnxruntime) and reference_query on real texts."""
-    import onnxruntime as ort
-
+def check_vectors(table: dict, class_text: np.ndarray, class_prototypes: np.ndarray,
+                  text_embeddings: np.ndarray, texts: list[str]) -> float:  # fmt: skip
+    """Max |difference| between the served computation (bridge_vectors, batched) and reference_query."""
     rows = np.stack([wordnet_weights(t, table) for t in texts])
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    got = session.run(["embedding"], {"text_embedding": text_embeddings, "wordnet_weights": rows})[0]
+    served = bridge_vectors(text_embeddings, rows, class_text, class_prototypes)
     expected = np.stack(
         [reference_query(e, r, class_text, class_prototypes) for e, r in zip(text_embeddings, rows)]
     )
-    return float(np.abs(got - expected).max())
+    return float(np.abs(served - expected).max())
 
 
-# Texts whose bridge vectors the export checks, ONNX graph against reference_query.
+# Texts on which the export checks the served computation against reference_query.
 CHECK_TEXTS = ("ankle boot", "shoes", "a red sneaker", "mammal", "two dogs on a beach", "feet", "T-shirt")
 
 
 def build(root: Path, embed: Callable[[list[str]], np.ndarray], classifier_weight: np.ndarray,
-          wordnet: WordNet | None = None) -> dict[str, Path]:  # fmt: skip
-    """Writes the bridge's two served parts under the model repository `root`: the WordNet table
-    (`<words model>/1/words.json`) and the ONNX graph (`<map model>/1/model.onnx`). `embed` is the
-    exported text model (unit vectors [n, 384]); `classifier_weight` the image network's ImageNet
-    classifier [1000, 1280]. Deterministic: the same packages give the same bytes."""
-    import onnx
-
-    from semsearch.core.models import BRIDGE_MODEL
+          wordnet: WordNet | None = None) -> Path:  # fmt: skip
+    """Writes the data of the bridge's served model into `root/<query model>/1/`: the WordNet table
+    (words.json) and the class texts and prototypes (.npy). `embed` is the exported text model (unit
+    vectors [n, 384]); `classifier_weight` the image network's ImageNet classifier [1000, 1280].
+    Deterministic: the same packages give the same bytes. Returns the folder."""
+    from services.embedder.models import BRIDGE_QUERY
 
     wordnet = wordnet or WordNet()
     classes = ImageNetClasses.load(wordnet)
     class_text = class_text_embeddings(classes, wordnet, embed)
     class_prototypes = prototypes(classifier_weight)
     table = words_table(wordnet, classes.wnids)
-
-    words_dir = root / f"{BRIDGE_MODEL}_words" / "1"
-    words_dir.mkdir(parents=True)
-    (words_dir / "words.json").write_text(json.dumps(table, sort_keys=True, separators=(",", ":")))
-    map_dir = root / f"{BRIDGE_MODEL}_map" / "1"
-    map_dir.mkdir(parents=True)
-    onnx.save(onnx_graph(class_text, class_prototypes), str(map_dir / "model.onnx"))
-    difference = check_graph(
-        map_dir / "model.onnx",
-        table,
-        class_text,
-        class_prototypes,
-        embed(list(CHECK_TEXTS)),
-        list(CHECK_TEXTS),
+    difference = check_vectors(
+        table, class_text, class_prototypes, embed(list(CHECK_TEXTS)), list(CHECK_TEXTS)
     )
     if difference > 1e-5:
-        raise RuntimeError(f"{BRIDGE_MODEL}: ONNX graph differs from the reference by {difference:.2e}")
-    return {"words": words_dir / "words.json", "map": map_dir / "model.onnx"}
+        raise RuntimeError(
+            f"{BRIDGE_QUERY}: the served computation differs from the reference by {difference:.2e}"
+        )
+    folder = root / BRIDGE_QUERY / "1"
+    folder.mkdir(parents=True)
+    (folder / "words.json").write_text(json.dumps(table, sort_keys=True, separators=(",", ":")))
+    np.save(folder / "class_text.npy", class_text)
+    np.save(folder / "prototypes.npy", class_prototypes)
+    return folder

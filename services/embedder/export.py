@@ -18,8 +18,7 @@ import numpy as np
 
 from services.embedder import models
 from services.embedder.models import (
-    BRIDGE_MAP_SPEC,
-    BRIDGE_WORDS_SPEC,
+    BRIDGE_QUERY_SPEC,
     CPU_CONFIG_NAME,
     IMAGE_SIZE,
     IMAGE_SPEC,
@@ -269,27 +268,14 @@ def _build_repository(root: Path) -> dict[str, str]:
     from services.embedder.inprocess import InProcessEmbedder
 
     text_embedder = InProcessEmbedder(root, threads=max(1, os.cpu_count() or 1))
-    parts = bridge.build(root, lambda texts: _embed_sorted(text_embedder, texts), image_classifier_weight())
-    bridge_version = f"{models.BRIDGE_MODEL}@" + _sha256(
-        parts["words"], parts["map"], encoder_dir / "1" / "model.onnx", tokenizer_dir / "1" / "tokenizer.json"
+    query_dir = bridge.build(
+        root, lambda texts: _embed_sorted(text_embedder, texts), image_classifier_weight()
     )
-    map_dir = root / models.BRIDGE_MAP
-    for config_name, runtime in (
-        ("config.pbtxt", GPU_RUNTIME),
-        (f"configs/{CPU_CONFIG_NAME}.pbtxt", CPU_RUNTIME),
-    ):
-        spec = replace(BRIDGE_MAP_SPEC, parameters={VERSION_PARAMETER: f"{bridge_version}+{runtime}"})
-        (map_dir / config_name).parent.mkdir(exist_ok=True)
-        rendered = (
-            spec.onnx_gpu_config()
-            if runtime == GPU_RUNTIME
-            else spec.python_cpu_config(CPU_INSTANCES, CPU_THREADS)
-        )
-        (map_dir / config_name).write_text(rendered)
-    shutil.copyfile(onnx_runner, map_dir / "1" / "model.py")
-    words_dir = root / models.BRIDGE_WORDS
-    (words_dir / "config.pbtxt").write_text(BRIDGE_WORDS_SPEC.python_config(CPU_INSTANCES))
-    shutil.copyfile(TRITON_MODELS_DIR / "bridge_words_model.py", words_dir / "1" / "model.py")
+    shutil.copyfile(TRITON_MODELS_DIR / "bridge_model.py", query_dir / "model.py")
+    bridge_version = f"{models.BRIDGE_MODEL}@" + _sha256(
+        *sorted(query_dir.iterdir()), encoder_dir / "1" / "model.onnx", tokenizer_dir / "1" / "tokenizer.json"
+    )
+    (query_dir.parent / "config.pbtxt").write_text(BRIDGE_QUERY_SPEC.python_config(CPU_INSTANCES))
     bridge_dir = root / models.BRIDGE_MODEL
     (bridge_dir / "1").mkdir(parents=True)
     (bridge_dir / "configs").mkdir()

@@ -17,10 +17,8 @@ from semsearch.core.models import (
 
 TEXT_TOKENIZER = "minilm_l6_tokenizer"
 TEXT_ENCODER = "minilm_l6_encoder"
-# The parts of the words-for-pictures bridge (services/embedder/bridge.py) besides the text encoder.
-BRIDGE_WORDS = f"{BRIDGE_MODEL}_words"
-BRIDGE_MAP = f"{BRIDGE_MODEL}_map"
-NUM_IMAGENET_CLASSES = 1000
+# The words-for-pictures bridge's own step after the text encoder (services/embedder/bridge.py).
+BRIDGE_QUERY = f"{BRIDGE_MODEL}_query"
 TEXT_MAX_TOKENS = 256
 
 # The config name the local (CPU, python-backend) deployment passes as --model-config-name.
@@ -148,25 +146,16 @@ parameters {{ key: "{VERSION_PARAMETER}" value: {{ string_value: "{version}" }} 
 """
 
 
-BRIDGE_WORDS_SPEC = ModelSpec(
-    name=BRIDGE_WORDS,
-    inputs=(Tensor("text", "TYPE_STRING", (1,)),),
-    outputs=(Tensor("wordnet_weights", "TYPE_FP32", (NUM_IMAGENET_CLASSES,)),),
-)
-
-BRIDGE_MAP_SPEC = ModelSpec(
-    name=BRIDGE_MAP,
-    inputs=(
-        Tensor("text_embedding", "TYPE_FP32", (TEXT_DIM,)),
-        Tensor("wordnet_weights", "TYPE_FP32", (NUM_IMAGENET_CLASSES,)),
-    ),
+BRIDGE_QUERY_SPEC = ModelSpec(
+    name=BRIDGE_QUERY,
+    inputs=(Tensor("text", "TYPE_STRING", (1,)), Tensor("text_embedding", "TYPE_FP32", (TEXT_DIM,))),
     outputs=(Tensor("embedding", "TYPE_FP32", (IMAGE_DIM,)),),
 )
 
 
 def bridge_ensemble_config(version: str) -> str:
     """config.pbtxt of the words-for-pictures model: raw strings in, 1280-d vectors in the image model's
-    feature space out (tokenizer -> text encoder, and the WordNet lookup, -> the class map)."""
+    feature space out (tokenizer -> text encoder -> WordNet lookup and class prototypes)."""
     return f"""name: "{BRIDGE_MODEL}"
 platform: "ensemble"
 max_batch_size: {MAX_BATCH_SIZE}
@@ -193,16 +182,10 @@ ensemble_scheduling {{
       output_map {{ key: "embedding" value: "text_embedding" }}
     }},
     {{
-      model_name: "{BRIDGE_WORDS}"
+      model_name: "{BRIDGE_QUERY}"
       model_version: -1
       input_map {{ key: "text" value: "text" }}
-      output_map {{ key: "wordnet_weights" value: "wordnet_weights" }}
-    }},
-    {{
-      model_name: "{BRIDGE_MAP}"
-      model_version: -1
       input_map {{ key: "text_embedding" value: "text_embedding" }}
-      input_map {{ key: "wordnet_weights" value: "wordnet_weights" }}
       output_map {{ key: "embedding" value: "embedding" }}
     }}
   ]

@@ -9,9 +9,7 @@ import json
 
 import grpc
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from semsearch.client import Item, SemsearchClient
 from semsearch.core.models import BRIDGE_MODEL, IMAGE_DIM
@@ -20,7 +18,7 @@ from semsearch.tools.stack import Stack
 from services.embedder import bridge, models
 from services.embedder.export import read_versions
 from services.embedder.inprocess import InProcessEmbedder
-from services.embedder.triton_models.bridge_words_model import wordnet_weights
+from services.embedder.triton_models.bridge_model import wordnet_weights
 from services.gateway.embedder_client import EmbedderClient
 
 pytestmark = pytest.mark.integration
@@ -93,11 +91,10 @@ def test_triton_serves_the_bridge_as_computed_in_process(stack, model_repository
 
     result = asyncio.run(served())
     assert result.vectors.shape == (len(texts), IMAGE_DIM) and result.errors == [None] * len(texts)
-    graph = onnx.load(str(model_repository / models.BRIDGE_MAP / "1" / "model.onnx"))
-    constants = {c.name: numpy_helper.to_array(c) for c in graph.graph.initializer}
-    table = json.loads((model_repository / models.BRIDGE_WORDS / "1" / "words.json").read_text())
+    folder = model_repository / models.BRIDGE_QUERY / "1"
+    table = json.loads((folder / "words.json").read_text())
+    class_text, prototypes = np.load(folder / "class_text.npy"), np.load(folder / "prototypes.npy")
     text_vectors = InProcessEmbedder(model_repository).embed_texts(texts)
-    class_text, prototypes = constants["class_text_t"].T, constants["prototypes"]
     expected = np.stack([
         bridge.reference_query(v, wordnet_weights(t, table), class_text, prototypes)
         for v, t in zip(text_vectors, texts)

