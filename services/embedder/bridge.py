@@ -21,9 +21,9 @@ Noto emoji (docs/ARCHITECTURE.md, "Words for pictures"): classifier rows beat cl
 probability re-ranking there; the WordNet part lifts category words ("footwear", "fruit") that no
 single class name matches.
 
-Served as the Triton ensemble `imagenet_bridge`: the MiniLM tokenizer and encoder, then one python
-model (`triton_models/bridge_model.py`) that looks the text up in WordNet and combines the prototypes,
-with the tables built here.
+Served as the Triton ensemble `imagenet_bridge` in as many steps as the text model: a python model
+(`triton_models/bridge_tokenizer_model.py`) that tokenizes and looks the text up in WordNet, then an
+ONNX graph: the MiniLM encoder extended with the class weights and the prototype combination.
 """
 
 from __future__ import annotations
@@ -36,14 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from services.embedder.triton_models.bridge_model import (
-    LAMBDA,
-    TEMPERATURE,
-    TOP_CLASSES,
-    bridge_vectors,
-    wordnet_weights,
-)
+from services.embedder.triton_models.bridge_tokenizer_model import wordnet_weights
 
+TOP_CLASSES = 7
+TEMPERATURE = 0.1
+LAMBDA = 0.5
 NUM_CLASSES = 1000
 TEMPLATES = ("{}", "a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.")
 WORDNET_DIR = Path("/usr/share/wordnet")  # Debian wordnet-base (WordNet 3.0)
@@ -220,8 +217,8 @@ def prototypes(classifier_weight: np.ndarray) -> np.ndarray:
 def reference_query(
     text_embedding: np.ndarray, wordnet_row: np.ndarray, class_text: np.ndarray, class_prototypes: np.ndarray
 ) -> np.ndarray:
-    """query(q) for one text, written as the formula above: the served model's batched computation
-    (bridge_model.bridge_vectors) is checked against it at export and in the tests."""
+    """query(q) for one text, written as the formula above: the served ONNX graph is checked against it
+    at export and in the tests."""
     similarities = class_text @ text_embedding
     top = np.argsort(-similarities, kind="stable")[:TOP_CLASSES]
     scaled = (similarities[top] - similarities[top].max()) / TEMPERATURE
@@ -231,6 +228,67 @@ def reference_query(
         weights = (1 - LAMBDA) * weights + LAMBDA * wordnet_row
     vector = weights @ class_prototypes.astype(np.float64)
     return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def extend_encoder(encoder, class_text: np.ndarray, class_prototypes: np.ndarray):
+    """The text encoder's ONNX model (input_ids, attention_mask -> embedding [B, 384]) extended into the
+    bridge's: one more input, wordnet_weights [B, 1000], and the output embedding [B, 1280]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(encoder)
+    graph = model.graph
+    text_embedding = "bridge_text_embedding"
+    (old_output,) = [o.name for o in graph.output]
+    for node in graph.node:
+        node.output[:] = [text_embedding if o == old_output else o for o in node.output]
+    del graph.output[:]
+
+    def name(x: str) -> str:
+        return f"bridge_{x}"
+
+    graph.initializer.extend([
+        numpy_helper.from_array(np.ascontiguousarray(class_text.T, dtype=np.float32), name("class_text_t")),
+        numpy_helper.from_array(np.ascontiguousarray(class_prototypes, dtype=np.float32), name("prototypes")),
+        numpy_helper.from_array(np.array([TOP_CLASSES], np.int64), name("top_classes")),
+        numpy_helper.from_array(np.array(1.0 / TEMPERATURE, np.float32), name("inverse_temperature")),
+        numpy_helper.from_array(np.array(LAMBDA, np.float32), name("lambda")),
+        numpy_helper.from_array(np.array(1.0, np.float32), name("one")),
+        numpy_helper.from_array(np.array(0.0, np.float32), name("zero")),
+        numpy_helper.from_array(np.array([1], np.int64), name("axis1")),
+    ])  # fmt: skip
+    node = helper.make_node
+    n = name
+    graph.node.extend([
+        node("MatMul", [text_embedding, n("class_text_t")], [n("similarities")]),  # [B, 1000]
+        node("TopK", [n("similarities"), n("top_classes")], [n("top_values"), n("top_indices")], axis=1),
+        node("Mul", [n("top_values"), n("inverse_temperature")], [n("top_logits")]),
+        node("Softmax", [n("top_logits")], [n("top_weights")], axis=1),
+        node("Mul", [n("similarities"), n("zero")], [n("zeros")]),
+        node("ScatterElements", [n("zeros"), n("top_indices"), n("top_weights")], [n("text_weights")],
+             axis=1),
+        node("ReduceSum", ["wordnet_weights", n("axis1")], [n("wordnet_total")], keepdims=1),  # 1 or 0
+        node("Greater", [n("wordnet_total"), n("zero")], [n("has_wordnet")]),
+        node("Cast", [n("has_wordnet")], [n("has_wordnet_f")], to=TensorProto.FLOAT),
+        node("Mul", [n("has_wordnet_f"), n("lambda")], [n("lambda_used")]),
+        node("Sub", [n("one"), n("lambda_used")], [n("text_share")]),
+        node("Mul", [n("text_weights"), n("text_share")], [n("text_part")]),
+        node("Mul", ["wordnet_weights", n("lambda")], [n("wordnet_part")]),
+        node("Add", [n("text_part"), n("wordnet_part")], [n("weights")]),
+        node("MatMul", [n("weights"), n("prototypes")], [n("combined")]),  # [B, 1280]
+        node("ReduceL2", [n("combined")], [n("norm")], axes=[1], keepdims=1),
+        node("Div", [n("combined"), n("norm")], ["embedding"]),
+    ])  # fmt: skip
+    graph.input.append(
+        helper.make_tensor_value_info("wordnet_weights", TensorProto.FLOAT, ["batch", NUM_CLASSES])
+    )
+    graph.output.append(
+        helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", class_prototypes.shape[1]])
+    )
+    graph.name = "imagenet_bridge_encoder"
+    onnx.checker.check_model(model)
+    return model
 
 
 def words_table(wordnet: WordNet, wnids: list[str]) -> dict:
@@ -244,44 +302,59 @@ def words_table(wordnet: WordNet, wnids: list[str]) -> dict:
     return {"num_classes": NUM_CLASSES, "classes": dict(sorted(classes.items())), "exceptions": exceptions}
 
 
-def check_vectors(table: dict, class_text: np.ndarray, class_prototypes: np.ndarray,
-                  text_embeddings: np.ndarray, texts: list[str]) -> float:  # fmt: skip
-    """Max |difference| between the served computation (bridge_vectors, batched) and reference_query."""
+def check_graph(model_path: Path, tokenize: Callable, table: dict, class_text: np.ndarray,
+                class_prototypes: np.ndarray, text_embeddings: np.ndarray,
+                texts: list[str]) -> float:  # fmt: skip
+    """Max |difference| between the bridge's ONNX graph (onnxruntime) and reference_query on `texts`
+    (`text_embeddings`: the text model's vectors of them; `tokenize`: its tokenizer)."""
+    import onnxruntime as ort
+
     rows = np.stack([wordnet_weights(t, table) for t in texts])
-    served = bridge_vectors(text_embeddings, rows, class_text, class_prototypes)
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    got = []
+    for text, row in zip(texts, rows):  # one at a time: the vectors of `embed` are unpadded
+        ids, mask = tokenize([text])
+        got.append(
+            session.run(
+                ["embedding"], {"input_ids": ids, "attention_mask": mask, "wordnet_weights": row[None]}
+            )[0][0]
+        )
+    got = np.asarray(got)
     expected = np.stack(
         [reference_query(e, r, class_text, class_prototypes) for e, r in zip(text_embeddings, rows)]
     )
-    return float(np.abs(served - expected).max())
+    return float(np.abs(got - expected).max())
 
 
 # Texts on which the export checks the served computation against reference_query.
 CHECK_TEXTS = ("ankle boot", "shoes", "a red sneaker", "mammal", "two dogs on a beach", "feet", "T-shirt")
 
 
-def build(root: Path, embed: Callable[[list[str]], np.ndarray], classifier_weight: np.ndarray,
-          wordnet: WordNet | None = None) -> Path:  # fmt: skip
-    """Writes the data of the bridge's served model into `root/<query model>/1/`: the WordNet table
-    (words.json) and the class texts and prototypes (.npy). `embed` is the exported text model (unit
-    vectors [n, 384]); `classifier_weight` the image network's ImageNet classifier [1000, 1280].
-    Deterministic: the same packages give the same bytes. Returns the folder."""
-    from services.embedder.models import BRIDGE_QUERY
+def build(root: Path, embed: Callable[[list[str]], np.ndarray], tokenize: Callable, encoder_path: Path,
+          classifier_weight: np.ndarray, wordnet: WordNet | None = None) -> dict[str, Path]:  # fmt: skip
+    """Writes the bridge's data under the model repository `root`: the WordNet table
+    (`<tokenizer model>/1/words.json`) and the extended encoder (`<encoder model>/1/model.onnx`).
+    `embed` and `tokenize` are the exported text model and its tokenizer, `encoder_path` its ONNX file;
+    `classifier_weight` the image network's ImageNet classifier [1000, 1280]. Deterministic: the same
+    packages give the same bytes. The graph is checked against reference_query on CHECK_TEXTS."""
+    import onnx
+
+    from services.embedder.models import BRIDGE_ENCODER, BRIDGE_TOKENIZER
 
     wordnet = wordnet or WordNet()
     classes = ImageNetClasses.load(wordnet)
     class_text = class_text_embeddings(classes, wordnet, embed)
     class_prototypes = prototypes(classifier_weight)
     table = words_table(wordnet, classes.wnids)
-    difference = check_vectors(
-        table, class_text, class_prototypes, embed(list(CHECK_TEXTS)), list(CHECK_TEXTS)
-    )
+
+    words = root / BRIDGE_TOKENIZER / "1" / "words.json"
+    words.parent.mkdir(parents=True)
+    words.write_text(json.dumps(table, sort_keys=True, separators=(",", ":")))
+    graph = root / BRIDGE_ENCODER / "1" / "model.onnx"
+    graph.parent.mkdir(parents=True)
+    onnx.save(extend_encoder(onnx.load(str(encoder_path)), class_text, class_prototypes), str(graph))
+    texts = list(CHECK_TEXTS)
+    difference = check_graph(graph, tokenize, table, class_text, class_prototypes, embed(texts), texts)
     if difference > 1e-5:
-        raise RuntimeError(
-            f"{BRIDGE_QUERY}: the served computation differs from the reference by {difference:.2e}"
-        )
-    folder = root / BRIDGE_QUERY / "1"
-    folder.mkdir(parents=True)
-    (folder / "words.json").write_text(json.dumps(table, sort_keys=True, separators=(",", ":")))
-    np.save(folder / "class_text.npy", class_text)
-    np.save(folder / "prototypes.npy", class_prototypes)
-    return folder
+        raise RuntimeError(f"{BRIDGE_ENCODER}: the ONNX graph differs from the reference by {difference:.2e}")
+    return {"words": words, "graph": graph}

@@ -18,7 +18,8 @@ import numpy as np
 
 from services.embedder import models
 from services.embedder.models import (
-    BRIDGE_QUERY_SPEC,
+    BRIDGE_ENCODER_SPEC,
+    BRIDGE_TOKENIZER_SPEC,
     CPU_CONFIG_NAME,
     IMAGE_SIZE,
     IMAGE_SPEC,
@@ -268,14 +269,35 @@ def _build_repository(root: Path) -> dict[str, str]:
     from services.embedder.inprocess import InProcessEmbedder
 
     text_embedder = InProcessEmbedder(root, threads=max(1, os.cpu_count() or 1))
-    query_dir = bridge.build(
-        root, lambda texts: _embed_sorted(text_embedder, texts), image_classifier_weight()
+    parts = bridge.build(
+        root,
+        lambda texts: _embed_sorted(text_embedder, texts),
+        text_embedder.tokenize,
+        encoder_dir / "1" / "model.onnx",
+        image_classifier_weight(),
     )
-    shutil.copyfile(TRITON_MODELS_DIR / "bridge_model.py", query_dir / "model.py")
+    bridge_tokenizer_dir = root / models.BRIDGE_TOKENIZER
+    shutil.copyfile(tokenizer_dir / "1" / "tokenizer.json", bridge_tokenizer_dir / "1" / "tokenizer.json")
+    for source, target in (
+        ("bridge_tokenizer_model.py", "model.py"),
+        ("tokenizer_model.py", "tokenizer_model.py"),
+    ):
+        shutil.copyfile(TRITON_MODELS_DIR / source, bridge_tokenizer_dir / "1" / target)
+    (bridge_tokenizer_dir / "config.pbtxt").write_text(BRIDGE_TOKENIZER_SPEC.python_config(CPU_INSTANCES))
     bridge_version = f"{models.BRIDGE_MODEL}@" + _sha256(
-        *sorted(query_dir.iterdir()), encoder_dir / "1" / "model.onnx", tokenizer_dir / "1" / "tokenizer.json"
+        *sorted((bridge_tokenizer_dir / "1").iterdir()), parts["graph"], extra=f"max_tokens={TEXT_MAX_TOKENS}"
     )
-    (query_dir.parent / "config.pbtxt").write_text(BRIDGE_QUERY_SPEC.python_config(CPU_INSTANCES))
+    bridge_encoder_dir = root / models.BRIDGE_ENCODER
+    for config_name, runtime in (
+        ("config.pbtxt", GPU_RUNTIME),
+        (f"configs/{CPU_CONFIG_NAME}.pbtxt", CPU_RUNTIME),
+    ):
+        spec = replace(BRIDGE_ENCODER_SPEC, parameters={VERSION_PARAMETER: f"{bridge_version}+{runtime}"})
+        (bridge_encoder_dir / config_name).parent.mkdir(exist_ok=True)
+        gpu = runtime == GPU_RUNTIME
+        rendered = spec.onnx_gpu_config() if gpu else spec.python_cpu_config(CPU_INSTANCES, CPU_THREADS)
+        (bridge_encoder_dir / config_name).write_text(rendered)
+    shutil.copyfile(onnx_runner, bridge_encoder_dir / "1" / "model.py")
     bridge_dir = root / models.BRIDGE_MODEL
     (bridge_dir / "1").mkdir(parents=True)
     (bridge_dir / "configs").mkdir()

