@@ -77,6 +77,10 @@ def run_demo(repository: Path, home: Path, *, limit: int | None = None, shards: 
             'The same image, only among sandals (filter: label = "Sandal"):',
             client.search("images", image=images.png(0), k=5, filter='label = "Sandal"'),
         )
+        _show(
+            'Words for pictures: "ankle boot" on the images (through ImageNet\'s classes):',
+            client.search("images", text="ankle boot", k=5),
+        )
         for query in TEXT_QUERIES:
             _show(
                 f'Search by text: "{query}"', client.search("texts", text=query, k=3, include_payloads=True)

@@ -150,6 +150,17 @@ def test_search_by_uploaded_image_then_more_like_this(page, tmp_path):
     assert f"id={chosen}" in page.current_url
 
 
+def test_words_search_an_image_collection(page):
+    choose_collection(page, "images")
+    page.find_element(By.ID, "query-text").send_keys("trousers")
+    page.find_element(By.ID, "search-button").click()
+    results_for(page, None, 10)
+    wait(page, thumbnails_loaded)
+    labels = page.execute_script("return window.__lastSearch.hits.map((h) => h.metadata.label)")
+    assert labels.count("Trouser") >= 6, labels
+    assert "imagenet_bridge@" in page.find_element(By.ID, "query-info").text  # the route that answered
+
+
 def test_recall_button_shows_recall_and_the_exact_neighbours(page):
     page.get(page.current_url.split("#")[0] + "#collection=images&id=fmnist-train-7&k=10")
     results_for(page, None, 10)
