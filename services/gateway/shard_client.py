@@ -26,6 +26,7 @@ from semsearch.core.errors import (
 from semsearch.rpc import CHANNEL_OPTIONS
 from semsearch.specs import config_from_spec, spec_from_config
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc
+from services.gateway.coalesce import SearchCoalescer, SearchOptions
 from services.gateway.domain import Hit, ShardCollection, ShardHits, ShardInfo
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class ShardClient:
         self.route = indexer_pb2.ShardRoute(shard=shard, num_shards=num_shards)
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = indexer_pb2_grpc.IndexerStub(self.channel)
+        self.coalescer = SearchCoalescer(
+            lambda options, queries, timeout: self._search(options, queries, timeout, [])
+        )
 
     @property
     def name(self) -> str:
@@ -82,20 +86,30 @@ class ShardClient:
         where: str = "",
         exact: bool = False,
     ) -> ShardHits:
+        """Top-k hits of each query. Single queries without exclusions that arrive while a request of
+        the same options is in flight join the next request (SearchCoalescer)."""
+        options = SearchOptions(collection, k, nprobe, recall_target, include_payloads, where, exact)
+        if len(queries) == 1 and not exclude_ids:
+            return await self.coalescer.search(options, queries[0], timeout)
+        return await self._search(options, queries, timeout, exclude_ids or [])
+
+    async def _search(
+        self, options: SearchOptions, queries: np.ndarray, timeout: float, exclude_ids: list[str]
+    ) -> ShardHits:
         request = indexer_pb2.ShardSearchRequest(
-            collection=collection,
-            queries=[common_pb2.Vector(values=q.tolist()) for q in queries],
-            k=k,
-            nprobe=nprobe,
-            recall_target=recall_target,
-            exclude_ids=exclude_ids or [],
+            collection=options.collection,
+            query_matrix=np.ascontiguousarray(queries, dtype="<f4").tobytes(),
+            k=options.k,
+            nprobe=options.nprobe,
+            recall_target=options.recall_target,
+            exclude_ids=exclude_ids,
             route=self.route,
-            include_payloads=include_payloads,
-            filter=where,
-            exact=exact,
+            include_payloads=options.include_payloads,
+            filter=options.where,
+            exact=options.exact,
         )
         begin = time.perf_counter()
-        response = await self._rpc(self.stub.Search(request, timeout=timeout))
+        response = await self._rpc(self.stub.Search(request, timeout=max(timeout, 0.001)))
         hits = [[Hit(h.id, h.score, dict(h.metadata), h.payload) for h in r.hits] for r in response.results]
         info = ShardInfo(self.shard, response.plan, response.depth, response.matched, response.batch_size,
                          time.perf_counter() - begin)  # fmt: skip

@@ -41,6 +41,23 @@ def vectors_from(messages, dim: int, field: str) -> np.ndarray:
     return np.array([v.values for v in messages], dtype=np.float32).reshape(len(messages), dim)
 
 
+def query_matrix(request: indexer_pb2.ShardSearchRequest, dim: int) -> np.ndarray:
+    """The request's queries [n, dim] float32, from `query_matrix` bytes or `queries` messages."""
+    if request.query_matrix:
+        if request.queries:
+            raise InvalidArgument("set either queries or query_matrix, not both", "queries")
+        if len(request.query_matrix) % (4 * dim):
+            raise InvalidArgument(
+                f"{len(request.query_matrix)} bytes is not n x {dim} float32", "query_matrix"
+            )
+        matrix = np.frombuffer(request.query_matrix, dtype="<f4").reshape(-1, dim)
+    else:
+        matrix = vectors_from(request.queries, dim, "queries")
+    if not len(matrix):
+        raise InvalidArgument("no queries", "queries")
+    return matrix.astype(np.float32, copy=False)
+
+
 def catalog_message(catalog: Catalog) -> indexer_pb2.CatalogMessage:
     return indexer_pb2.CatalogMessage(
         version=catalog.version,
@@ -212,7 +229,6 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         self, request: indexer_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> indexer_pb2.ShardSearchResponse:
         collection = await self._routed(request)
-        self._check_size(len(request.queries), "queries")
         self._check_size(len(request.exclude_ids), "exclude_ids")
         k = request.k or DEFAULT_K
         if not 1 <= k <= MAX_K:
@@ -223,11 +239,9 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             raise InvalidArgument(f"must be <= 65536, got {request.nprobe}", "nprobe")
         if request.rerank and not k <= request.rerank <= MAX_RERANK:
             raise InvalidArgument(f"must be in [k={k}, {MAX_RERANK}], got {request.rerank}", "rerank")
-        if not request.queries:
-            raise InvalidArgument("no queries", "queries")
-        queries = collection.validate_vectors(
-            vectors_from(request.queries, collection.config.dim, "queries"), "queries"
-        )
+        matrix = query_matrix(request, collection.config.dim)
+        self._check_size(len(matrix), "queries")
+        queries = collection.validate_vectors(matrix, "queries")
         exclude = set(request.exclude_ids)
         # Excluded items may be among the nearest: fetch enough that k others remain.
         fetch_k = k + len(exclude)

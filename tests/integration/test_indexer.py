@@ -346,6 +346,13 @@ def test_bad_inputs_get_clear_statuses_and_shard_keeps_serving(shards):
         (stub.Search, S(), grpc.StatusCode.INVALID_ARGUMENT, "queries"),
         (stub.Search, S(queries=[V(good)], k=1001), grpc.StatusCode.INVALID_ARGUMENT, "k"),
         (stub.Search, S(queries=[V(good[:3])]), grpc.StatusCode.INVALID_ARGUMENT, "queries[0]"),
+        (stub.Search, S(query_matrix=b"\0" * 12), grpc.StatusCode.INVALID_ARGUMENT, "query_matrix"),
+        (
+            stub.Search,
+            S(queries=[V(good)], query_matrix=np.asarray(good, "<f4").tobytes()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "either",
+        ),
         (
             stub.Search,
             indexer_pb2.ShardSearchRequest(collection="docs", queries=[V([float("inf")] * DIM)]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -18,6 +19,7 @@ from semsearch.client import Item, SemsearchClient
 from semsearch.datasets import fashion_mnist, fortunes
 from semsearch.procs import ManagedProcess
 from semsearch.tools import echo as echo_server
+from semsearch.tools.bench.cpu import CpuMeter
 from semsearch.tools.ingest import create_collection_for
 from semsearch.tools.stack import Stack
 from semsearch.v1 import common_pb2, indexer_pb2, indexer_pb2_grpc, search_pb2
@@ -49,14 +51,22 @@ def _single(call: Callable[[int], object], seconds: float) -> list[float]:
 
 
 async def _concurrent(
-    address: str, method: str, requests: list[bytes], clients: int, seconds: float
-) -> float:
-    """Requests/s of `clients` concurrent callers on one channel, pre-serialised requests."""
+    address: str,
+    method: str,
+    requests: list[bytes],
+    clients: int,
+    seconds: float,
+    meter: CpuMeter | None = None,
+) -> tuple[float, dict[str, float]]:
+    """Requests/s of `clients` concurrent callers on one channel, pre-serialised requests, and the CPU
+    ms per request of each process `meter` watches."""
     channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
     call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
     try:
         await asyncio.gather(*(call(requests[c % len(requests)], timeout=30) for c in range(clients)))
         done = 0
+        if meter is not None:
+            meter.start()
         begin = time.perf_counter()
         deadline = begin + seconds
 
@@ -69,7 +79,8 @@ async def _concurrent(
                 done += 1
 
         await asyncio.gather(*(loop(c) for c in range(clients)))
-        return done / (time.perf_counter() - begin)
+        rate = done / (time.perf_counter() - begin)
+        return rate, (meter.stop(done) if meter is not None else {})
     finally:
         await channel.close()
 
@@ -148,21 +159,26 @@ def bench(
             lambda i: shard_stub.Search(shard_requests[i % len(shard_requests)]), seconds
         )
 
-        qps = {}
+        # CPU per query of every process, from their own counters, while the concurrent load runs.
+        meter = CpuMeter({
+            "gateway": [stack.gateway.pid], "shards": [s.process.pid for s in stack.shards],
+            "triton": [stack.triton.pid], "redis": [stack.redis.pid], "client": [os.getpid()],
+        })  # fmt: skip
+        qps, cpu = {}, {}
         for kind, pool in pools.items():
             serialized = [p.SerializeToString() for p in pool]
-            qps[kind] = asyncio.run(
-                _concurrent(stack.gateway_address, SEARCH_METHOD, serialized, clients, seconds)
+            qps[kind], cpu[kind] = asyncio.run(
+                _concurrent(stack.gateway_address, SEARCH_METHOD, serialized, clients, seconds, meter)
             )
-        qps["cache_hit"] = asyncio.run(
-            _concurrent(stack.gateway_address, SEARCH_METHOD, [request_bytes], clients, seconds)
+        qps["cache_hit"], cpu["cache_hit"] = asyncio.run(
+            _concurrent(stack.gateway_address, SEARCH_METHOD, [request_bytes], clients, seconds, meter)
         )
-        qps["echo"] = asyncio.run(
+        qps["echo"], _ = asyncio.run(
             _concurrent(echo_address, echo_server.METHOD, [request_bytes], clients, seconds)
         )
         shard_bytes = [s.SerializeToString() for s in shard_requests]
-        qps["shard_direct"] = asyncio.run(
-            _concurrent(stack.shards[0].address, SHARD_METHOD, shard_bytes, clients, seconds)
+        qps["shard_direct"], cpu["shard_direct"] = asyncio.run(
+            _concurrent(stack.shards[0].address, SHARD_METHOD, shard_bytes, clients, seconds, meter)
         )
     finally:
         if echo is not None:
@@ -184,9 +200,26 @@ def bench(
         "vector_p50_ratio_to_shard": round(p50["vector"] / p50["shard_direct"], 3),
         "vector_qps_ratio_to_shard": round(qps["vector"] / qps["shard_direct"], 3),
         "calls_median_per_kind": int(statistics.median(len(v) for v in single.values())),
+        "cpu_ms_per_vector_query": round(cpu["vector"]["stack"], 3),
+        **{
+            f"cpu_ms_per_query_{kind}_{name}": round(ms, 3)
+            for kind, by in cpu.items()
+            for name, ms in by.items()
+        },
     }
+    names = ("gateway", "shards", "triton", "redis", "stack", "client")
+
+    def cpu_cells(kind: str) -> tuple[str, ...]:
+        return tuple(f"{cpu[kind][n]:.2f}" for n in names) if kind in cpu else ("-",) * len(names)
+
     rows = [
-        (kind, f"{p50[kind]:.2f}", f"{p99[kind]:.2f}", f"{qps[kind]:.0f}" if kind in qps else "-")
+        (
+            kind,
+            f"{p50[kind]:.2f}",
+            f"{p99[kind]:.2f}",
+            f"{qps[kind]:.0f}" if kind in qps else "-",
+            *cpu_cells(kind),
+        )
         for kind in ("vector", "id", "text", "image", "cache_hit", "shard_direct", "echo", "redis_get")
     ]
     return rows, summary

@@ -114,7 +114,12 @@ def cmd_bench_gateway(args: argparse.Namespace) -> int:
         clients=args.clients,
         shards=args.shards,
     )
-    print(table(["query", "p50 ms (1 client)", "p99 ms (1 client)", f"QPS ({args.clients} clients)"], rows))
+    cpu = ["CPU ms/query: gateway", "shards", "triton", "redis", "stack", "load generator"]
+    print(
+        table(
+            ["query", "p50 ms (1 client)", "p99 ms (1 client)", f"QPS ({args.clients} clients)", *cpu], rows
+        )
+    )
     print(json.dumps(summary))
     return 0
 
