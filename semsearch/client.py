@@ -35,6 +35,21 @@ RETRY_CONFIG = json.dumps(
 )
 
 
+class QueryError(grpc.RpcError):
+    """One query of a search_batch that failed: `code()` and `details()` as a failed call's."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self._code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+        self._message = message
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+
 @dataclass(frozen=True)
 class Item:
     """An item to upsert: an id plus exactly one of image bytes, text or vector."""
@@ -115,6 +130,43 @@ class SemsearchClient:
         """The k items most similar to one query (an image, a text, a vector or a stored item's id).
         filter: only items whose indexed fields match, e.g. 'label = "Bag"', 'label in ["Bag", "Sandal"]
         and price < 50', 'not (split = "test")'; exact: score every item (slow; for checking recall)."""
+        request = self.search_request(
+            collection, image=image, text=text, vector=vector, id=id, k=k, recall_target=recall_target,
+            nprobe=nprobe, min_coverage=min_coverage, no_cache=no_cache, include_payloads=include_payloads,
+            filter=filter, exact=exact,
+        )  # fmt: skip
+        return self.stub.Search(request, timeout=timeout_s or self.timeout_s, metadata=self.metadata)
+
+    def search_batch(
+        self, queries: Sequence[search_pb2.SearchRequest], timeout_s: float | None = None
+    ) -> list[search_pb2.SearchResponse | grpc.RpcError]:
+        """Many searches in one call (build each with `search_request`), run concurrently by the gateway;
+        one entry per query, in order: its response, or an error with its own code and details (a bad
+        query fails alone)."""
+        response = self.stub.SearchBatch(
+            search_pb2.SearchBatchRequest(queries=queries), timeout=timeout_s or self.timeout_s,
+            metadata=self.metadata,
+        )  # fmt: skip
+        return [r.response if r.code == 0 else QueryError(r.code, r.message) for r in response.results]
+
+    @staticmethod
+    def search_request(
+        collection: str,
+        *,
+        image: bytes | None = None,
+        text: str | None = None,
+        vector: Sequence[float] | None = None,
+        id: str | None = None,
+        k: int = 10,
+        recall_target: float = 0.0,
+        nprobe: int = 0,
+        min_coverage: float | None = None,
+        no_cache: bool = False,
+        include_payloads: bool = False,
+        filter: str = "",
+        exact: bool = False,
+    ) -> search_pb2.SearchRequest:
+        """A SearchRequest with the same arguments as `search` (for `search_batch`)."""
         request = search_pb2.SearchRequest(
             collection=collection,
             k=k,
@@ -135,7 +187,7 @@ class SemsearchClient:
             request.vector.values.extend(np.asarray(vector, dtype=np.float32).tolist())
         elif id is not None:
             request.id = id
-        return self.stub.Search(request, timeout=timeout_s or self.timeout_s, metadata=self.metadata)
+        return request
 
     def upsert(self, collection: str, items: Sequence[Item]) -> search_pb2.UpsertResponse:
         request = search_pb2.UpsertRequest(collection=collection, items=[i.message() for i in items])

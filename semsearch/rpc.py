@@ -20,6 +20,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from semsearch.core.errors import ServiceError
 
 log = logging.getLogger(__name__)
+# What a client reads for a failure that is not its fault; the details go to the server's log.
+INTERNAL_MESSAGE = "internal error (the server logged the details)"
 
 # Paths every server leaves open: probes and grpcurl discovery work without an API key.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -129,7 +131,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                     code, message = grpc.StatusCode[exc.code], str(exc)
                 else:
                     log.exception("%s failed", method)
-                    code, message = grpc.StatusCode.INTERNAL, "internal error (the server logged the details)"
+                    code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
                 self.rejected.labels(method, code.name).inc()
                 await context.abort(code, message)
             finally:

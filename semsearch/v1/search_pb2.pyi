@@ -37,6 +37,28 @@ class SearchRequest(_message.Message):
     exact: bool
     def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., recall_target: _Optional[float] = ..., nprobe: _Optional[int] = ..., min_coverage: _Optional[float] = ..., no_cache: _Optional[bool] = ..., include_payloads: _Optional[bool] = ..., filter: _Optional[str] = ..., exact: _Optional[bool] = ...) -> None: ...
 
+class SearchBatchRequest(_message.Message):
+    __slots__ = ("queries",)
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[SearchRequest]
+    def __init__(self, queries: _Optional[_Iterable[_Union[SearchRequest, _Mapping]]] = ...) -> None: ...
+
+class SearchBatchResult(_message.Message):
+    __slots__ = ("code", "message", "response")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    response: SearchResponse
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., response: _Optional[_Union[SearchResponse, _Mapping]] = ...) -> None: ...
+
+class SearchBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchBatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchBatchResult, _Mapping]]] = ...) -> None: ...
+
 class ShardSearchInfo(_message.Message):
     __slots__ = ("shard", "plan", "depth", "matched", "batch_size", "seconds")
     SHARD_FIELD_NUMBER: _ClassVar[int]

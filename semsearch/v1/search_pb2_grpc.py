@@ -39,6 +39,11 @@ class SearchStub:
                 request_serializer=semsearch_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
                 response_deserializer=semsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/semsearch.v1.Search/SearchBatch',
+                request_serializer=semsearch_dot_v1_dot_search__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
         self.Upsert = channel.unary_unary(
                 '/semsearch.v1.Search/Upsert',
                 request_serializer=semsearch_dot_v1_dot_search__pb2.UpsertRequest.SerializeToString,
@@ -99,6 +104,16 @@ class SearchServicer:
         text queries) or too many shards are down. DEADLINE_EXCEEDED: fewer shards than
         min_coverage answered within the deadline. RESOURCE_EXHAUSTED: too many requests in flight.
         UNAUTHENTICATED: an API key is required and missing or wrong.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchBatch(self, request, context):
+        """Many searches in one call (of any collections and kinds), run concurrently: the gateway sends
+        the shards and the embedder as few requests as it can. Each query has its own result and status
+        (the codes Search answers with); a bad query fails alone. The call's deadline covers them all.
+        INVALID_ARGUMENT: no queries, or more than max_batch (1000).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +204,11 @@ def add_SearchServicer_to_server(servicer, server):
                     request_deserializer=semsearch_dot_v1_dot_search__pb2.SearchRequest.FromString,
                     response_serializer=semsearch_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
             ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=semsearch_dot_v1_dot_search__pb2.SearchBatchRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__pb2.SearchBatchResponse.SerializeToString,
+            ),
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
                     request_deserializer=semsearch_dot_v1_dot_search__pb2.UpsertRequest.FromString,
@@ -262,6 +282,33 @@ class Search:
             '/semsearch.v1.Search/Search',
             semsearch_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
             semsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.Search/SearchBatch',
+            semsearch_dot_v1_dot_search__pb2.SearchBatchRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from semsearch.core import models
 from semsearch.media import InputError, decode_image, normalize_text
+from services.gateway.coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ class EmbedderClient:
         self._decode_executor = decode_executor
         self._slots = asyncio.Semaphore(max_concurrency)
         self._versions: dict[str, str] = {}
+        self._coalescer: Coalescer[tuple[str, str], object, Embeddings] = Coalescer(
+            self._embed_batch, max_in_flight=max_concurrency, max_items=batch_size
+        )
 
     async def close(self) -> None:
         await self._client.close()
@@ -140,8 +144,23 @@ class EmbedderClient:
             self._versions[model] = params[models.VERSION_PARAMETER]["string_value"]
         return self._versions[model]
 
+    async def _embed_batch(self, key: tuple[str, str], items: list, timeout: float) -> list[Embeddings]:
+        """The coalescer's call: one embedding request for the single items of concurrent queries."""
+        kind, model = key
+        result = await (self._embed_images(items) if kind == "image" else self._embed_texts(items, model))
+        return [
+            Embeddings(result.vectors[i : i + 1], [result.errors[i]], result.model_version)
+            for i in range(len(items))
+        ]
+
     async def embed_images(self, images: Sequence[bytes]) -> Embeddings:
-        """Decode and embed encoded images (JPEG, PNG, WebP, ...); [n, 1280] vectors."""
+        """Decode and embed encoded images (JPEG, PNG, WebP, ...); [n, 1280] vectors. A single image
+        (a query) joins the other queries' images that arrive while a request is in flight."""
+        if len(images) == 1:
+            return await self._coalescer.submit(("image", self.image_model), images[0], self.timeout_s)
+        return await self._embed_images(images)
+
+    async def _embed_images(self, images: Sequence[bytes]) -> Embeddings:
         version = await self.model_version(self.image_model)
         loop = asyncio.get_running_loop()
         errors: list[str | None] = [None] * len(images)
@@ -180,8 +199,14 @@ class EmbedderClient:
 
     async def embed_texts(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
         """Embed raw strings (tokenized inside Triton) with the text model ([n, 384] vectors) or
-        another model that reads strings, such as the words-for-pictures bridge ([n, 1280])."""
+        another model that reads strings, such as the words-for-pictures bridge ([n, 1280]). A single
+        text (a query) joins the other queries' texts that arrive while a request is in flight."""
         model = model or self.text_model
+        if len(texts) == 1:
+            return await self._coalescer.submit(("text", model), texts[0], self.timeout_s)
+        return await self._embed_texts(texts, model)
+
+    async def _embed_texts(self, texts: Sequence[str], model: str) -> Embeddings:
         version = await self.model_version(model)
         errors: list[str | None] = [None] * len(texts)
         vectors = np.zeros((len(texts), models.MODEL_DIMS[model]), dtype=np.float32)

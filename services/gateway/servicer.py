@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 
 import grpc
 import numpy as np
 
-from semsearch.core.errors import InvalidArgument
+from semsearch.core.errors import InvalidArgument, ServiceError
+from semsearch.rpc import INTERNAL_MESSAGE
 from semsearch.specs import config_from_spec, spec_from_config
 from semsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 from services.gateway.collections import CollectionView
@@ -16,6 +18,7 @@ from services.gateway.domain import Query, UpsertInput
 from services.gateway.service import GatewayService
 
 STREAM_WINDOW = 4
+log = logging.getLogger(__name__)
 
 
 def _timeout(context: grpc.aio.ServicerContext, default_s: float) -> float:
@@ -28,10 +31,44 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     def __init__(self, service: GatewayService) -> None:
         self.service = service
         self.default_timeout_s = service.settings.default_deadline_s
+        self.max_batch = service.settings.max_batch
 
     async def Search(
         self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchResponse:
+        return await self._search(request, _timeout(context, self.default_timeout_s))
+
+    async def SearchBatch(
+        self, request: search_pb2.SearchBatchRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.SearchBatchResponse:
+        if not request.queries:
+            raise InvalidArgument("no queries", "queries")
+        if len(request.queries) > self.max_batch:
+            raise InvalidArgument(
+                f"{len(request.queries)} queries, more than the limit of {self.max_batch}", "queries"
+            )
+        timeout_s = _timeout(context, self.default_timeout_s)
+
+        async def one(i: int, query: search_pb2.SearchRequest) -> search_pb2.SearchBatchResult:
+            try:
+                return search_pb2.SearchBatchResult(code=0, response=await self._search(query, timeout_s))
+            except ServiceError as exc:
+                if exc.code == "INTERNAL":
+                    log.error("queries[%d] failed: %s", i, exc)
+                    return search_pb2.SearchBatchResult(
+                        code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE
+                    )
+                return search_pb2.SearchBatchResult(code=grpc.StatusCode[exc.code].value[0], message=str(exc))
+            except Exception:
+                log.exception("queries[%d] failed", i)
+                return search_pb2.SearchBatchResult(
+                    code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE
+                )
+
+        results = await asyncio.gather(*(one(i, q) for i, q in enumerate(request.queries)))
+        return search_pb2.SearchBatchResponse(results=results)
+
+    async def _search(self, request: search_pb2.SearchRequest, timeout_s: float) -> search_pb2.SearchResponse:
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidArgument("set one of image, text, vector or id", "query")
@@ -50,7 +87,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             include_payloads=request.include_payloads,
             filter=request.filter,
             exact=request.exact,
-            timeout_s=_timeout(context, self.default_timeout_s),
+            timeout_s=timeout_s,
         )
         result = await self.service.search(query)
         return search_pb2.SearchResponse(

@@ -89,6 +89,43 @@ def test_every_query_kind(client):
     assert [h.id for h in by_vector.hits] == [h.id for h in by_image.hits]
 
 
+def test_search_batch_answers_each_query_as_search_does(client):
+    images = fashion_mnist("test")
+    vectors = [
+        item.vector.values for item in client.get("images", ["img3", "img4"], include_vectors=True).items
+    ]
+    queries = [
+        client.search_request("images", vector=vectors[0], k=5, no_cache=True),
+        client.search_request("images", id="img4", k=5, no_cache=True),
+        client.search_request("texts", text=fortunes().texts[50 * 7], k=3, no_cache=True),
+        client.search_request("images", image=images.png(3), k=5, no_cache=True),
+        client.search_request("nope", vector=vectors[0]),  # fails alone
+        client.search_request("images", text="   "),  # fails alone
+        *(client.search_request("images", vector=v, k=5, no_cache=True, filter=f) for v in vectors
+          for f in ('label = "Bag"', "")),
+    ]  # fmt: skip
+    results = client.search_batch(queries)
+    assert len(results) == len(queries)
+    assert isinstance(results[4], grpc.RpcError) and results[4].code() == grpc.StatusCode.NOT_FOUND
+    assert "nope" in results[4].details()
+    assert (
+        results[5].code() == grpc.StatusCode.INVALID_ARGUMENT
+        and results[5].details() == "text: text is empty"
+    )
+    for query, result in zip(queries, results):
+        if isinstance(result, grpc.RpcError):
+            continue
+        alone = client.stub.Search(query)
+        assert [h.id for h in result.hits] == [h.id for h in alone.hits]
+    assert results[2].hits[0].id == "txt7" and results[3].hits[0].id == "img3"
+    with pytest.raises(grpc.RpcError) as info:
+        client.search_batch([])
+    assert (
+        info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and info.value.details() == "queries: no queries"
+    )
+
+
 def test_results_are_meaningful(client):
     images = fashion_mnist("test")
     same = []

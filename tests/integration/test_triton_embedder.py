@@ -151,3 +151,28 @@ def test_startup_failure_is_reported_and_cleaned_up(tmp_path):
 def test_missing_repository_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="semsearch embedder export"):
         TritonServer(tmp_path / "nowhere", work_dir=tmp_path).start()
+
+
+def test_concurrent_single_queries_share_triton_requests(triton):
+    """Single texts and images (queries) that arrive together are embedded in shared requests, and each
+    caller gets its own vector and its own error."""
+    texts = [f"query number {i} about {word}" for i, word in enumerate(["boots", "cats", "rain"] * 10)]
+    texts[7] = "   "  # an empty query fails alone
+    images = [fashion_mnist("test").png(i) for i in range(12)]
+
+    async def run():
+        async with EmbedderClient(triton.grpc_url) as client:
+            alone = await client.embed_texts(texts[:2] + texts[8:9])  # one request: the reference
+            together = await asyncio.gather(*(client.embed_texts([t]) for t in texts))
+            pictures = await asyncio.gather(*(client.embed_images([b]) for b in images))
+            reference = await client.embed_images(images)
+            return alone, together, pictures, reference, client._coalescer.calls
+
+    alone, together, pictures, reference, calls = asyncio.run(run())
+    assert calls < len(texts) + len(images)  # fewer Triton requests than queries
+    assert together[7].errors == ["text is empty"] and all(
+        r.errors == [None] for i, r in enumerate(together) if i != 7
+    )
+    for i, j in ((0, 0), (1, 1), (8, 2)):
+        np.testing.assert_allclose(together[i].vectors[0], alone.vectors[j], atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([p.vectors for p in pictures]), reference.vectors, atol=1e-5)

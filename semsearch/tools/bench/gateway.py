@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MAX_CALLS = 20_000
 SEARCH_METHOD = "/semsearch.v1.Search/Search"
 SHARD_METHOD = "/semsearch.v1.Indexer/Search"
+BATCH_METHOD = "/semsearch.v1.Search/SearchBatch"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -83,6 +84,27 @@ async def _concurrent(
         return rate, (meter.stop(done) if meter is not None else {})
     finally:
         await channel.close()
+
+
+def _triton_rate(url: str, kind: str, items: list, seconds: float) -> float:
+    """Items/s that Triton embeds by itself: batches of 32, 4 in flight (its dynamic batcher's best case),
+    the same items as the queries, for about `seconds`."""
+    from services.gateway.embedder_client import EmbedderClient
+
+    async def run() -> float:
+        async with EmbedderClient(url, batch_size=32, max_concurrency=4) as client:
+            call = client.embed_texts if kind == "text" else client.embed_images
+            await call(items[:128])
+            done, begin = 0, time.perf_counter()
+            for start in range(0, MAX_CALLS * 128, 128):
+                if time.perf_counter() - begin >= seconds:
+                    break
+                chunk = [items[(start + j) % len(items)] for j in range(128)]
+                await call(chunk)
+                done += len(chunk)
+            return done / (time.perf_counter() - begin)
+
+    return asyncio.run(run())
 
 
 def bench(
@@ -173,6 +195,25 @@ def bench(
         qps["cache_hit"], cpu["cache_hit"] = asyncio.run(
             _concurrent(stack.gateway_address, SEARCH_METHOD, [request_bytes], clients, seconds, meter)
         )
+        # SearchBatch: 32 vector queries a call, 4 callers; queries/s.
+        batches = [
+            search_pb2.SearchBatchRequest(
+                queries=[pools["vector"][(b * 32 + j) % len(pools["vector"])] for j in range(32)]
+            )
+            for b in range(8)
+        ]
+        calls, cpu["batch_of_32"] = asyncio.run(
+            _concurrent(
+                stack.gateway_address,
+                BATCH_METHOD,
+                [b.SerializeToString() for b in batches],
+                4,
+                seconds,
+                meter,
+            )
+        )
+        qps["batch_of_32"] = calls * 32
+        cpu["batch_of_32"] = {name: ms / 32 for name, ms in cpu["batch_of_32"].items()}
         qps["echo"], _ = asyncio.run(
             _concurrent(echo_address, echo_server.METHOD, [request_bytes], clients, seconds)
         )
@@ -180,6 +221,11 @@ def bench(
         qps["shard_direct"], cpu["shard_direct"] = asyncio.run(
             _concurrent(stack.shards[0].address, SHARD_METHOD, shard_bytes, clients, seconds, meter)
         )
+        # Triton by itself on the same texts and images: what the text and image queries can reach.
+        triton_rate = {
+            "text": _triton_rate(stack.triton.grpc_url, "text", unique_texts, seconds),
+            "image": _triton_rate(stack.triton.grpc_url, "image", unique_images, seconds),
+        }
     finally:
         if echo is not None:
             echo.stop()
@@ -200,6 +246,11 @@ def bench(
         "vector_p50_ratio_to_shard": round(p50["vector"] / p50["shard_direct"], 3),
         "vector_qps_ratio_to_shard": round(qps["vector"] / qps["shard_direct"], 3),
         "calls_median_per_kind": int(statistics.median(len(v) for v in single.values())),
+        "triton_texts_per_s": round(triton_rate["text"], 1),
+        "triton_images_per_s": round(triton_rate["image"], 1),
+        "text_qps_ratio_to_triton": round(qps["text"] / triton_rate["text"], 3),
+        "image_qps_ratio_to_triton": round(qps["image"] / triton_rate["image"], 3),
+        "batch_qps_per_query": round(qps["batch_of_32"], 1),
         "cpu_ms_per_vector_query": round(cpu["vector"]["stack"], 3),
         **{
             f"cpu_ms_per_query_{kind}_{name}": round(ms, 3)
@@ -215,11 +266,21 @@ def bench(
     rows = [
         (
             kind,
-            f"{p50[kind]:.2f}",
-            f"{p99[kind]:.2f}",
+            f"{p50[kind]:.2f}" if kind in p50 else "-",
+            f"{p99[kind]:.2f}" if kind in p99 else "-",
             f"{qps[kind]:.0f}" if kind in qps else "-",
             *cpu_cells(kind),
         )
-        for kind in ("vector", "id", "text", "image", "cache_hit", "shard_direct", "echo", "redis_get")
+        for kind in (
+            "vector",
+            "id",
+            "text",
+            "image",
+            "cache_hit",
+            "shard_direct",
+            "echo",
+            "redis_get",
+            "batch_of_32",
+        )
     ]
     return rows, summary

@@ -120,6 +120,18 @@ def cmd_bench_gateway(args: argparse.Namespace) -> int:
             ["query", "p50 ms (1 client)", "p99 ms (1 client)", f"QPS ({args.clients} clients)", *cpu], rows
         )
     )
+    goals = [
+        ("vector QPS / one shard called directly", summary["vector_qps_ratio_to_shard"], ">= 0.6"),
+        (
+            "CPU ms per vector query, all stack processes",
+            summary["cpu_ms_per_vector_query"],
+            "half of before",
+        ),
+        ("text QPS / Triton's own texts/s", summary["text_qps_ratio_to_triton"], ">= 0.8"),
+        ("image QPS / Triton's own images/s", summary["image_qps_ratio_to_triton"], ">= 0.8"),
+        ("cache hit p50 / (echo p50 + Redis GET p50)", summary["cache_hit_p50_ratio"], "<= 1.3"),
+    ]
+    print(table(["ratio", "value", "goal"], goals))
     print(json.dumps(summary))
     return 0
 
