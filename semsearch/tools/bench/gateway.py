@@ -88,8 +88,12 @@ async def _concurrent(
 
 def _triton_rate(url: str, kind: str, items: list, seconds: float) -> float:
     """Items/s that Triton embeds by itself: 4 callers each sending batches of 32 back to back (its
-    dynamic batcher's best case), the same items as the queries, for about `seconds`."""
+    dynamic batcher's best case; texts of similar lengths together), the same items as the queries,
+    for about `seconds`."""
     from services.gateway.embedder_client import EmbedderClient
+
+    if kind == "text":  # batches of similar lengths: a batch is padded to its longest text
+        items = sorted(items[:4096], key=len)
 
     async def run() -> float:
         async with EmbedderClient(url, batch_size=32, max_concurrency=4) as client:
