@@ -88,17 +88,21 @@ async def _concurrent(
 
 def _triton_rate(url: str, kind: str, items: list, seconds: float) -> float:
     """Items/s that Triton embeds by itself: 4 callers each sending batches of 32 back to back (its
-    dynamic batcher's best case; texts of similar lengths together), the same items as the queries,
-    for about `seconds`."""
+    dynamic batcher's best case), over the first 512 items (those the queries use) for about `seconds`;
+    texts are batched with texts of similar lengths (a batch is padded to its longest), the batches
+    taken in a shuffled order so that every length counts."""
     from services.gateway.embedder_client import EmbedderClient
 
-    if kind == "text":  # batches of similar lengths: a batch is padded to its longest text
-        items = sorted(items[:4096], key=len)
+    items = items[:512]
+    if kind == "text":
+        items = sorted(items, key=len)
+    batches = [items[start : start + 32] for start in range(0, len(items) - 31, 32)]
+    order = np.random.default_rng(0).permutation(len(batches))
 
     async def run() -> float:
         async with EmbedderClient(url, batch_size=32, max_concurrency=4) as client:
             call = client.embed_texts if kind == "text" else client.embed_images
-            await call(items[:32])
+            await call(batches[0])
             done, begin = 0, time.perf_counter()
 
             async def worker(w: int) -> None:
@@ -106,9 +110,9 @@ def _triton_rate(url: str, kind: str, items: list, seconds: float) -> float:
                 for n in range(MAX_CALLS):
                     if time.perf_counter() - begin >= seconds:
                         return
-                    start = (w + 4 * n) * 32
-                    await call([items[(start + j) % len(items)] for j in range(32)])
-                    done += 32
+                    batch = batches[order[(w + 4 * n) % len(batches)]]
+                    await call(batch)
+                    done += len(batch)
 
             await asyncio.gather(*(worker(w) for w in range(4)))
             return done / (time.perf_counter() - begin)
