@@ -18,6 +18,7 @@ from semsearch.tools.stack import Stack
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -214,11 +215,32 @@ def test_the_map_draws_every_point_and_a_click_searches(page, stack, shots):
     point = page.execute_script("return window.__mapScreenPoint(0)")  # canvas pixels
     canvas = page.find_element(By.ID, "map")
     origin = canvas.rect
-    actions = webdriver.ActionChains(page)
-    actions.move_to_element_with_offset(
-        canvas, round(point["x"] - origin["width"] / 2), round(point["y"] - origin["height"] / 2)
+
+    def at(x: float, y: float):  # offsets from the canvas's centre, as Selenium moves
+        return canvas, round(x - origin["width"] / 2), round(y - origin["height"] / 2)
+
+    # Hovering a point shows it (thumbnail and id) next to the pointer.
+    webdriver.ActionChains(page).move_to_element_with_offset(*at(point["x"], point["y"])).perform()
+    wait(page, lambda d: d.find_element(By.ID, "map-tooltip").is_displayed())
+    tooltip_image = "const img = document.querySelector('#map-tooltip img');"
+    wait(
+        page, lambda d: d.execute_script(tooltip_image + "return img && img.complete && img.naturalWidth > 0")
     )
-    actions.click().perform()
+    # Shift+drag over the whole map selects every point and lists them.
+    (
+        webdriver.ActionChains(page)
+        .key_down(Keys.SHIFT)
+        .move_to_element_with_offset(*at(4, 4))
+        .click_and_hold()
+        .move_to_element_with_offset(*at(origin["width"] - 4, origin["height"] - 4))
+        .release()
+        .key_up(Keys.SHIFT)
+        .perform()
+    )
+    wait(page, lambda d: f"{IMAGES:,} points selected" in d.find_element(By.ID, "map-selection").text)
+    assert page.find_elements(By.CSS_SELECTOR, "#map-selection .selection-item")
+    page.save_screenshot(str(shots / "map-selection.png"))
+    webdriver.ActionChains(page).move_to_element_with_offset(*at(point["x"], point["y"])).click().perform()
     results_for(page, None, 10)
     assert "id=" in page.current_url
 
