@@ -55,8 +55,8 @@ def _map_seconds(http, name: str, timeout_s: float = 1800) -> tuple[float, bytes
     raise TimeoutError(f"map of {name} not ready after {timeout_s:.0f}s")
 
 
-def _page_load(url: str) -> tuple[float, float]:
-    """(cold, warm) page load in ms in headless Chromium: a fresh profile, then a reload with its cache."""
+def _browser():
+    """Headless Debian Chromium through its chromedriver (nothing is downloaded)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -65,7 +65,44 @@ def _page_load(url: str) -> tuple[float, float]:
     options.binary_location = "/usr/bin/chromium"
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
+    return webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
+
+
+# Zooms the map in and out with wheel events, one a frame, and collects each redraw's time.
+ZOOM_FRAMES = """
+const done = arguments[arguments.length - 1];
+const canvas = document.getElementById("map");
+const box = canvas.getBoundingClientRect();
+const times = [];
+let n = 0;
+function step() {
+  if (n++ >= 40) { done(times); return; }
+  const at = {clientX: box.left + box.width / 2, clientY: box.top + box.height / 2};
+  const options = {...at, deltaY: n % 2 ? -240 : 240, bubbles: true, cancelable: true};
+  canvas.dispatchEvent(new WheelEvent("wheel", options));
+  requestAnimationFrame(() => requestAnimationFrame(() => { times.push(window.__mapDrawMs); step(); }));
+}
+step();
+"""
+
+
+def _map_frame_ms(url: str, collection: str) -> float:
+    """Median time (ms) to redraw the collection's map while zooming, in headless Chromium."""
+    driver = _browser()
+    try:
+        driver.set_script_timeout(60)
+        driver.get(f"{url}/#collection={collection}&tab=map")
+        deadline = time.monotonic() + 120
+        while not driver.execute_script("return window.__mapReady === true") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return float(np.median(driver.execute_async_script(ZOOM_FRAMES)))
+    finally:
+        driver.quit()
+
+
+def _page_load(url: str) -> tuple[float, float]:
+    """(cold, warm) page load in ms in headless Chromium: a fresh profile, then a reload with its cache."""
+    driver = _browser()
     measure = ("const n = performance.getEntriesByType('navigation')[0];"
                "return n.loadEventEnd > 0 ? n.loadEventEnd - n.startTime : null;")  # fmt: skip
     try:
@@ -154,6 +191,15 @@ def bench(repository: Path, small: int = 10_000, large: int = 50_000, searches: 
                          (f"map payload per point ({n:,} points)", size, goal)]  # fmt: skip
                 summary[f"map_seconds_{n}"] = round(seconds, 1)
                 summary[f"map_bytes_per_point_{n}"] = round(per_point, 2)
+            frame = _map_frame_ms(stack.explorer_url, "large")
+            rows.append(
+                (
+                    f"map redraw while zooming, {large:,} points (headless Chromium, no GPU)",
+                    f"{frame:.1f} ms",
+                    "",
+                )
+            )
+            summary[f"map_frame_ms_{large}"] = round(frame, 1)
             http.close()
             client.close()
     finally:
