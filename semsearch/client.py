@@ -35,6 +35,17 @@ RETRY_CONFIG = json.dumps(
 )
 
 
+def sample_from_chunks(
+    chunks: Sequence[search_pb2.SampleItemsChunk],
+) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
+    """A SampleItems stream's chunks as ids, vectors [m, dim] float32 and metadata."""
+    ids = [i for chunk in chunks for i in chunk.ids]
+    metadata = [dict(m.values) for chunk in chunks for m in chunk.metadata]
+    vectors = [np.frombuffer(c.vectors, dtype="<f4").reshape(len(c.ids), c.dim) for c in chunks]
+    dim = vectors[0].shape[1] if vectors else 0
+    return ids, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32), metadata
+
+
 class QueryError(grpc.RpcError):
     """One query of a search_batch that failed: `code()` and `details()` as a failed call's."""
 
@@ -280,15 +291,9 @@ class SemsearchClient:
     ) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
         """A uniform random sample of up to n items: ids, vectors [m, dim] and metadata."""
         request = search_pb2.SampleItemsRequest(collection=collection, n=n, seed=seed)
-        ids: list[str] = []
-        vectors: list[np.ndarray] = []
-        metadata: list[dict[str, str]] = []
-        for chunk in self.stub.SampleItems(request, timeout=timeout_s, metadata=self.metadata):
-            ids += chunk.ids
-            vectors.append(np.frombuffer(chunk.vectors, dtype="<f4").reshape(len(chunk.ids), chunk.dim))
-            metadata += [dict(m.values) for m in chunk.metadata]
-        dim = vectors[0].shape[1] if vectors else 0
-        return ids, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32), metadata
+        return sample_from_chunks(
+            list(self.stub.SampleItems(request, timeout=timeout_s, metadata=self.metadata))
+        )
 
     def describe_collection(self, name: str) -> search_pb2.CollectionInfo:
         request = search_pb2.DescribeCollectionRequest(name=name)

@@ -36,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from services.embedder.models import BRIDGE_ENCODER, BRIDGE_TOKENIZER, NUM_IMAGENET_CLASSES
 from services.embedder.triton_models.bridge_tokenizer_model import wordnet_weights
 
 TOP_CLASSES = 7
 TEMPERATURE = 0.1
 LAMBDA = 0.5
-NUM_CLASSES = 1000
 TEMPLATES = ("{}", "a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}.")
 WORDNET_DIR = Path("/usr/share/wordnet")  # Debian wordnet-base (WordNet 3.0)
 
@@ -106,18 +106,6 @@ class WordNet:
         """The gloss's definition, without its examples."""
         return self._nouns[1][offset].split('; "')[0].strip()
 
-    def below(self, offset: str) -> set[str]:
-        """The synset and every synset below it (hyponyms and instances, transitively)."""
-        hyponyms = self._nouns[0]
-        seen: set[str] = set()
-        stack = [offset]
-        while stack:
-            current = stack.pop()
-            if current not in seen:
-                seen.add(current)
-                stack += hyponyms.get(current, [])
-        return seen
-
     def class_table(self, wnids: list[str]) -> dict[str, list[int]]:
         """Every noun lemma whose first sense has ImageNet classes at or below it -> those classes."""
         position = {wnid[1:]: i for i, wnid in enumerate(wnids)}
@@ -167,7 +155,7 @@ class ImageNetClasses:
         def read(name: str):
             return json.loads(data.joinpath(name).read_text(encoding="utf-8"))
 
-        wnids = [read("imagenet1k_to_21k.json")[str(i)] for i in range(NUM_CLASSES)]
+        wnids = [read("imagenet1k_to_21k.json")[str(i)] for i in range(NUM_IMAGENET_CLASSES)]
         if wnids != sorted(wnids):
             raise ValueError("imagenet-classes: class ids are not in the classifier's (sorted) order")
         lemmas = read("imagenet1k_label_to_names.json")
@@ -175,10 +163,10 @@ class ImageNetClasses:
         return cls(
             wnids=wnids,
             names=list(read("imagenet1k_clean_names.json")),
-            synonyms=[[s.strip() for s in lemmas[str(i)].split(",")] for i in range(NUM_CLASSES)],
+            synonyms=[[s.strip() for s in lemmas[str(i)].split(",")] for i in range(NUM_IMAGENET_CLASSES)],
             descriptions=[
                 described[str(i)]["description"] if str(i) in described else wordnet.definition(wnids[i][1:])
-                for i in range(NUM_CLASSES)
+                for i in range(NUM_IMAGENET_CLASSES)
             ],
         )
 
@@ -281,7 +269,7 @@ def extend_encoder(encoder, class_text: np.ndarray, class_prototypes: np.ndarray
         node("Div", [n("combined"), n("norm")], ["embedding"]),
     ])  # fmt: skip
     graph.input.append(
-        helper.make_tensor_value_info("wordnet_weights", TensorProto.FLOAT, ["batch", NUM_CLASSES])
+        helper.make_tensor_value_info("wordnet_weights", TensorProto.FLOAT, ["batch", NUM_IMAGENET_CLASSES])
     )
     graph.output.append(
         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", class_prototypes.shape[1]])
@@ -299,7 +287,11 @@ def words_table(wordnet: WordNet, wnids: list[str]) -> dict:
         for word, bases in sorted(wordnet.exceptions.items())
         if any(b in classes for b in bases)
     }
-    return {"num_classes": NUM_CLASSES, "classes": dict(sorted(classes.items())), "exceptions": exceptions}
+    return {
+        "num_classes": NUM_IMAGENET_CLASSES,
+        "classes": dict(sorted(classes.items())),
+        "exceptions": exceptions,
+    }
 
 
 def check_graph(model_path: Path, tokenize: Callable, table: dict, class_text: np.ndarray,
@@ -338,8 +330,6 @@ def build(root: Path, embed: Callable[[list[str]], np.ndarray], tokenize: Callab
     `classifier_weight` the image network's ImageNet classifier [1000, 1280]. Deterministic: the same
     packages give the same bytes. The graph is checked against reference_query on CHECK_TEXTS."""
     import onnx
-
-    from services.embedder.models import BRIDGE_ENCODER, BRIDGE_TOKENIZER
 
     wordnet = wordnet or WordNet()
     classes = ImageNetClasses.load(wordnet)

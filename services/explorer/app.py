@@ -90,6 +90,7 @@ class Explorer:
             collections.OrderedDict()
         )
         self._counts: dict[str, tuple[int, float]] = {}  # collection -> (count, when it last grew)
+        self._names: set[str] | None = None  # the collections of the last listing
 
     # --- collections ----------------------------------------------------------------------------------
 
@@ -109,7 +110,11 @@ class Explorer:
                 "fields": [{"name": f.name, "type": f.type} for f in config.fields],
                 "thumbnails": config.stores_thumbnails, "loading": now - grew_at < LOADING_WINDOW_S,
             })  # fmt: skip
-        self.maps.keep_only({info.name for info in infos})
+        names = {info.name for info in infos}
+        if names != self._names:  # the first listing, or collections came or went: forget what is gone
+            self._names = names
+            self._counts = {name: seen for name, seen in self._counts.items() if name in names}
+            self.maps.keep_only(names)
         return JSONResponse({"collections": out})
 
     # --- search ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from semsearch.client import RETRY_CONFIG
+from semsearch.client import RETRY_CONFIG, sample_from_chunks
 from semsearch.v1 import search_pb2, search_pb2_grpc
 
 
@@ -81,14 +81,10 @@ class Gateway:
     ) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
         """A uniform random sample of up to n items: ids, vectors [m, d], metadata."""
         request = search_pb2.SampleItemsRequest(collection=collection, n=n, seed=seed)
-        ids: list[str] = []
-        vectors: list[np.ndarray] = []
-        metadata: list[dict[str, str]] = []
         try:
-            async for chunk in self.stub.SampleItems(request, timeout=timeout, metadata=self.metadata):
-                ids += chunk.ids
-                vectors.append(np.frombuffer(chunk.vectors, dtype="<f4").reshape(len(chunk.ids), chunk.dim))
-                metadata += [dict(m.values) for m in chunk.metadata]
+            chunks = [
+                c async for c in self.stub.SampleItems(request, timeout=timeout, metadata=self.metadata)
+            ]
         except grpc.aio.AioRpcError as exc:
             raise GatewayError(exc.code().name, exc.details() or exc.code().name) from exc
-        return ids, (np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)), metadata
+        return sample_from_chunks(chunks)

@@ -125,7 +125,3 @@ class SearchCoalescer(Coalescer[SearchOptions, np.ndarray, ShardHits]):
 
     async def search(self, options: SearchOptions, query: np.ndarray, timeout: float) -> ShardHits:
         return await self.submit(options, query, timeout)
-
-    @property
-    def requests(self) -> int:
-        return self.calls

@@ -50,16 +50,14 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         timeout_s = _timeout(context, self.default_timeout_s)
 
         async def one(i: int, query: search_pb2.SearchRequest) -> search_pb2.SearchBatchResult:
+            """The query's result, or its status as the interceptor would answer a Search with it."""
             try:
                 return search_pb2.SearchBatchResult(code=0, response=await self._search(query, timeout_s))
-            except ServiceError as exc:
-                if exc.code == "INTERNAL":
-                    log.error("queries[%d] failed: %s", i, exc)
+            except Exception as exc:
+                if isinstance(exc, ServiceError) and exc.code != "INTERNAL":
                     return search_pb2.SearchBatchResult(
-                        code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE
+                        code=grpc.StatusCode[exc.code].value[0], message=str(exc)
                     )
-                return search_pb2.SearchBatchResult(code=grpc.StatusCode[exc.code].value[0], message=str(exc))
-            except Exception:
                 log.exception("queries[%d] failed", i)
                 return search_pb2.SearchBatchResult(
                     code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE

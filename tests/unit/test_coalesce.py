@@ -46,7 +46,7 @@ def test_concurrent_queries_travel_together_and_each_gets_its_row():
     assert [r.hits[0][0].id for r in results] == [f"q{i}" for i in range(40)]
     assert all(len(r.hits) == 1 and r.generation == 3 for r in results)
     # The first goes alone at once; the 39 that arrived meanwhile go as one request.
-    assert shard.batches == [1, 39] and coalescer.requests == 2
+    assert shard.batches == [1, 39] and coalescer.calls == 2
 
 
 def test_a_lone_query_is_sent_at_once_and_options_are_never_mixed():

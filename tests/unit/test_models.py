@@ -1,5 +1,6 @@
 """The Triton configs: valid ModelConfig protobufs, GPU and CPU variants agree on the interface."""
 
+import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -41,13 +42,18 @@ def test_image_model_takes_uint8_nhwc():
     assert list(config.output[0].dims) == [models.IMAGE_DIM]
 
 
-def test_text_ensemble_wires_tokenizer_to_encoder():
-    config = parse(models.text_ensemble_config("minilm_l6@test"))
-    steps = config.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == [models.TEXT_TOKENIZER, models.TEXT_ENCODER]
-    tokenizer = parse(models.TOKENIZER_SPEC.python_config(instances=1))
-    encoder = parse(models.TEXT_ENCODER_SPEC.onnx_gpu_config())
-    assert set(steps[0].output_map.values()) == {t.name for t in encoder.input}
-    assert {t.name for t in tokenizer.output} == set(steps[0].output_map.keys())
-    assert list(config.output[0].dims) == [models.TEXT_DIM]
-    assert config.parameters[models.VERSION_PARAMETER].string_value == "minilm_l6@test"
+@pytest.mark.parametrize(
+    ("name", "dim"), [(models.TEXT_MODEL, models.TEXT_DIM), (models.BRIDGE_MODEL, models.IMAGE_DIM)]
+)
+def test_ensembles_wire_tokenizer_to_encoder(name, dim):
+    steps = models.ENSEMBLES[name]
+    config = parse(models.ensemble_config(name, f"{name}@test"))
+    assert config.name == name and config.platform == "ensemble"
+    scheduled = config.ensemble_scheduling.step
+    assert [s.model_name for s in scheduled] == [s.name for s in steps]
+    tokenizer = parse(steps[0].python_config(instances=1))
+    encoder = parse(steps[1].onnx_gpu_config())
+    assert set(scheduled[0].output_map.values()) == {t.name for t in encoder.input}
+    assert {t.name for t in tokenizer.output} == set(scheduled[0].output_map.keys())
+    assert [t.name for t in config.input] == ["text"] and list(config.output[0].dims) == [dim]
+    assert config.parameters[models.VERSION_PARAMETER].string_value == f"{name}@test"

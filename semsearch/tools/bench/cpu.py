@@ -19,14 +19,20 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its live descendants."""
+def _all_processes() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds) of every live process."""
     stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             found = _stat(int(entry.name))
             if found is not None:
                 stats[int(entry.name)] = found
+    return stats
+
+
+def tree_cpu_seconds(pid: int, stats: dict[int, tuple[int, float]] | None = None) -> float:
+    """CPU seconds of a process and its live descendants (from `stats`, or a fresh read of /proc)."""
+    stats = _all_processes() if stats is None else stats
     children: dict[int, list[int]] = {}
     for child, (parent, _) in stats.items():
         children.setdefault(parent, []).append(child)
@@ -55,10 +61,12 @@ class CpuMeter:
         self._before: dict[str, float] = {}
 
     def _now(self) -> dict[str, float]:
-        return {
-            name: sum((own_cpu_seconds if name == "client" else tree_cpu_seconds)(p) for p in pids)
-            for name, pids in self.processes.items()
-        }
+        stats = _all_processes()  # one read of /proc for every process watched
+
+        def seconds(name: str, pid: int) -> float:
+            return stats.get(pid, (0, 0.0))[1] if name == "client" else tree_cpu_seconds(pid, stats)
+
+        return {name: sum(seconds(name, p) for p in pids) for name, pids in self.processes.items()}
 
     def start(self) -> None:
         self._before = self._now()

@@ -6,7 +6,6 @@ sizes, and the map's bytes per point."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from semsearch.client import Item, SemsearchClient
+from semsearch.tools.bench.cpu import own_cpu_seconds
 from semsearch.tools.bench.indexer import clustered_vectors
 from semsearch.tools.stack import Stack
 
@@ -34,12 +34,6 @@ def _load(client: SemsearchClient, name: str, vectors: np.ndarray) -> None:
         items = [Item(id=f"{name}-{i}", vector=vectors[i], metadata={"label": f"class-{labels[i]}"})
                  for i in range(start, min(start + 500, len(vectors)))]  # fmt: skip
         client.upsert(name, items)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _map_seconds(http, name: str, timeout_s: float = 1800) -> tuple[float, bytes]:
@@ -151,7 +145,7 @@ def bench(repository: Path, small: int = 10_000, large: int = 50_000, searches: 
             # payloads included), each on its own items so that neither hits the other's cached result.
             page, sdk = [], []
             explorer_pid = stack.explorer.pid
-            cpu_before = _cpu_seconds(explorer_pid)
+            cpu_before = own_cpu_seconds(explorer_pid)
             for i in range(searches):
                 begin = time.perf_counter()
                 response = http.post(
@@ -162,7 +156,7 @@ def bench(repository: Path, small: int = 10_000, large: int = 50_000, searches: 
                 begin = time.perf_counter()
                 client.search("large", id=f"large-{2 * i + 1}", k=10, include_payloads=True)
                 sdk.append(time.perf_counter() - begin)
-            explorer_cpu_ms = (_cpu_seconds(explorer_pid) - cpu_before) * 1000 / searches
+            explorer_cpu_ms = (own_cpu_seconds(explorer_pid) - cpu_before) * 1000 / searches
             page_p50, sdk_p50 = (float(np.percentile(np.asarray(t) * 1000, 50)) for t in (page, sdk))
             added = page_p50 - sdk_p50
             rows += [
