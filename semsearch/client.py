@@ -101,6 +101,9 @@ class SemsearchClient:
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", RETRY_CONFIG),
+            # Each client its own connection (gRPC shares one per target in a process by default): a
+            # process with several clients spreads them over the gateway's workers.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())

@@ -198,11 +198,13 @@ class InFlightLimiter(grpc.aio.ServerInterceptor):
         return _wrap(handler, limit)
 
 
-def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def server_options(max_message_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """Message limits; SO_REUSEPORT only for processes meant to share a port (gateway workers), so that
+    a second server started on a port in use fails loudly instead of sharing its traffic."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 

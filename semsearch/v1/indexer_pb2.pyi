@@ -48,7 +48,7 @@ class WriteResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ..., lsn: _Optional[int] = ..., data_version: _Optional[int] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "nprobe", "recall_target", "rerank", "exclude_ids", "route", "include_payloads", "filter", "exact", "query_matrix")
+    __slots__ = ("collection", "queries", "k", "nprobe", "recall_target", "rerank", "exclude_ids", "route", "include_payloads", "filter", "exact", "query_matrix", "packed")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class ShardSearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
     QUERY_MATRIX_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     k: int
@@ -73,7 +74,8 @@ class ShardSearchRequest(_message.Message):
     filter: str
     exact: bool
     query_matrix: bytes
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., recall_target: _Optional[float] = ..., rerank: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ..., include_payloads: _Optional[bool] = ..., filter: _Optional[str] = ..., exact: _Optional[bool] = ..., query_matrix: _Optional[bytes] = ...) -> None: ...
+    packed: bool
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., nprobe: _Optional[int] = ..., recall_target: _Optional[float] = ..., rerank: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., route: _Optional[_Union[ShardRoute, _Mapping]] = ..., include_payloads: _Optional[bool] = ..., filter: _Optional[str] = ..., exact: _Optional[bool] = ..., query_matrix: _Optional[bytes] = ..., packed: _Optional[bool] = ...) -> None: ...
 
 class QueryHits(_message.Message):
     __slots__ = ("hits",)
@@ -82,7 +84,7 @@ class QueryHits(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
-    __slots__ = ("results", "generation", "data_version", "index", "nprobe", "batch_size", "plan", "depth", "matched")
+    __slots__ = ("results", "generation", "data_version", "index", "nprobe", "batch_size", "plan", "depth", "matched", "hit_counts", "hit_ids", "hit_scores", "hit_metadata", "hit_payloads")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +94,11 @@ class ShardSearchResponse(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     MATCHED_FIELD_NUMBER: _ClassVar[int]
+    HIT_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    HIT_IDS_FIELD_NUMBER: _ClassVar[int]
+    HIT_SCORES_FIELD_NUMBER: _ClassVar[int]
+    HIT_METADATA_FIELD_NUMBER: _ClassVar[int]
+    HIT_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[QueryHits]
     generation: int
     data_version: int
@@ -101,7 +108,12 @@ class ShardSearchResponse(_message.Message):
     plan: str
     depth: float
     matched: int
-    def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ..., generation: _Optional[int] = ..., data_version: _Optional[int] = ..., index: _Optional[str] = ..., nprobe: _Optional[int] = ..., batch_size: _Optional[int] = ..., plan: _Optional[str] = ..., depth: _Optional[float] = ..., matched: _Optional[int] = ...) -> None: ...
+    hit_counts: _containers.RepeatedScalarFieldContainer[int]
+    hit_ids: _containers.RepeatedScalarFieldContainer[str]
+    hit_scores: bytes
+    hit_metadata: _containers.RepeatedScalarFieldContainer[str]
+    hit_payloads: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ..., generation: _Optional[int] = ..., data_version: _Optional[int] = ..., index: _Optional[str] = ..., nprobe: _Optional[int] = ..., batch_size: _Optional[int] = ..., plan: _Optional[str] = ..., depth: _Optional[float] = ..., matched: _Optional[int] = ..., hit_counts: _Optional[_Iterable[int]] = ..., hit_ids: _Optional[_Iterable[str]] = ..., hit_scores: _Optional[bytes] = ..., hit_metadata: _Optional[_Iterable[str]] = ..., hit_payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ShardGetRequest(_message.Message):
     __slots__ = ("collection", "ids", "include_vectors", "route", "include_payloads")

@@ -15,12 +15,16 @@ import logging
 from semsearch.core.log import setup_logging
 from services.gateway.config import GatewaySettings
 from services.gateway.server import run
+from services.gateway.workers import supervise, worker_index
 
 
 def main() -> None:
     setup_logging()
     try:
-        asyncio.run(run(GatewaySettings.from_env()))
+        settings = GatewaySettings.from_env()
+        if settings.workers > 1 and worker_index() is None:
+            raise SystemExit(supervise(settings))
+        asyncio.run(run(settings))
     except RuntimeError as exc:  # a configuration error found at start-up, already worded for operators
         logging.getLogger("services.gateway").error("%s", exc)
         raise SystemExit(1) from None

@@ -42,10 +42,12 @@ class Cache:
     """Keys:
     - ``emb:<model version>:<sha256 of image bytes or normalised text>`` -> float32 vector bytes;
     - ``epoch:<collection>`` -> counter bumped by every write through any gateway;
-    - ``res:<collection>:<sha256 of the query, the epoch and the shard generations>`` -> result.
-    A write or an index swap changes the key of every result computed before it, so stale results
-    become unreachable without a flush and expire by TTL (Redis runs with an LRU memory cap and no
-    persistence, so a restarted Redis holds nothing stale either)."""
+    - ``res:<collection>:<sha256 of the query and the shard generations>`` -> the result with the
+      epoch it was computed at; read together with the epoch in one MGET, used only when they agree.
+    A write makes every result computed before it unusable (its epoch is old) and an index swap changes
+    its key, so stale results are never served, need no flush, and are overwritten or expire by TTL
+    (Redis runs with an LRU memory cap and no persistence, so a restarted Redis holds nothing stale
+    either)."""
 
     def __init__(
         self,
@@ -99,36 +101,33 @@ class Cache:
 
     # --- search results ---------------------------------------------------------------------------
 
-    async def epoch(self, collection: str) -> int | None:
-        """The collection's result-cache epoch, or None when the result cache cannot be used now. Read it
-        before searching: a write that lands meanwhile bumps it, so a result computed on data from before
-        the write is stored under a key nobody looks up any more."""
-        if collection in self.pending and not await self._flush(collection):
-            return None
-        value = await self._call("get", self.client.get(f"epoch:{collection}"))
-        if value is None and time.monotonic() < self._down_until:
-            return None
-        return int(value or 0)
-
     @staticmethod
-    def result_key(
-        query: Query, vector: np.ndarray, epoch: int, generations: dict[int, int], shards: int
-    ) -> str:
-        """Where the result of `query` computed at `epoch` on these shard generations is cached."""
+    def result_key(query: Query, identity: bytes, generations: dict[int, int], shards: int) -> str:
+        """Where the result of `query` on these shard generations is cached; `identity` names the query's
+        vector (see GatewayService._source). The epoch is in the stored value, not the key."""
         fingerprint = json.dumps(
-            [query.collection, query.kind, query.item_id, query.k, query.recall_target, query.nprobe, epoch,
+            [query.collection, query.kind, query.k, query.recall_target, query.nprobe,
              sorted(generations.items()), shards, query.include_payloads, query.filter, query.exact]
         ).encode()  # fmt: skip
-        digest = content_hash(fingerprint + np.ascontiguousarray(vector, dtype="<f4").tobytes())
-        return f"res:{query.collection}:{digest}"
+        return f"res:{query.collection}:{content_hash(fingerprint + identity)}"
 
-    async def get_result(self, key: str) -> SearchResult | None:
-        data = await self._call("get", self.client.get(key))
-        metrics.CACHE_REQUESTS.labels("result", "hit" if data is not None else "miss").inc()
-        if data is None:
-            return None
-        decoded = json.loads(data)
-        return SearchResult(
+    async def get_result(self, collection: str, key: str) -> tuple[int | None, SearchResult | None]:
+        """(the collection's epoch, the cached result computed at that epoch or None), in one round
+        trip. Epoch None: the result cache cannot be used now (neither read nor filled). Read before
+        searching: a write that lands meanwhile bumps the epoch, so a result computed on data from
+        before the write carries an epoch nobody accepts any more."""
+        if collection in self.pending and not await self._flush(collection):
+            return None, None
+        values = await self._call("get", self.client.mget(f"epoch:{collection}", key))
+        if values is None:
+            return None, None
+        epoch, data = int(values[0] or 0), values[1]
+        decoded = json.loads(data) if data is not None else None
+        hit = decoded is not None and decoded.get("epoch") == epoch
+        metrics.CACHE_REQUESTS.labels("result", "hit" if hit else "miss").inc()
+        if not hit:
+            return epoch, None
+        return epoch, SearchResult(
             hits=[Hit(i, s, m, base64.b64decode(p)) for i, s, m, p in decoded["hits"]],
             shards_answered=decoded["answered"],
             shards_queried=decoded["queried"],
@@ -136,9 +135,10 @@ class Cache:
             cached=True,
         )
 
-    async def set_result(self, key: str, result: SearchResult) -> None:
+    async def set_result(self, key: str, epoch: int, result: SearchResult) -> None:
         payload = json.dumps(
             {
+                "epoch": epoch,
                 "hits": [
                     [h.id, h.score, h.metadata, base64.b64encode(h.payload).decode()] for h in result.hits
                 ],

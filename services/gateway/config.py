@@ -60,6 +60,8 @@ class GatewaySettings:
     tls_key: str | None = None
     # A plaintext port answering health checks only (probes of a TLS gateway); 0: none.
     health_port: int = 0
+    # Processes serving the port (SO_REUSEPORT; services/gateway/workers.py); 1: this process alone.
+    workers: int = 1
 
     @classmethod
     def from_env(cls, environ=None) -> GatewaySettings:
@@ -92,4 +94,5 @@ class GatewaySettings:
             tls_cert=tls_cert,
             tls_key=tls_key,
             health_port=env.int("SEMSEARCH_GATEWAY_HEALTH_PORT", 0, minimum=0),
+            workers=env.int("SEMSEARCH_GATEWAY_WORKERS", 1, minimum=1),
         )

@@ -49,7 +49,10 @@ ERRORS = Counter(
     "Requests answered with an error, by method and code.",
     ["method", "code"],
 )
-IN_FLIGHT = Gauge("semsearch_gateway_in_flight_requests", "Requests being served now.")
+# With several workers (services/gateway/workers.py), the sum over the live ones.
+IN_FLIGHT = Gauge(
+    "semsearch_gateway_in_flight_requests", "Requests being served now.", multiprocess_mode="livesum"
+)
 ITEMS = Counter(
     "semsearch_gateway_upsert_items_total", "Upserted items by outcome (ok, failed).", ["outcome"]
 )

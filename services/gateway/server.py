@@ -27,6 +27,7 @@ from services.gateway.embedder_client import EmbedderClient
 from services.gateway.service import GatewayService
 from services.gateway.servicer import SearchServicer
 from services.gateway.shard_client import ShardClient, ShardMisconfigured
+from services.gateway.workers import worker_index
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ def build_server(settings: GatewaySettings, service: GatewayService) -> grpc.aio
         InFlightLimiter(settings.max_in_flight, metrics.IN_FLIGHT, metrics.ERRORS, methods),
         ErrorMappingInterceptor(metrics.REQUEST_SECONDS, metrics.ERRORS, methods),
     ]
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings.max_message_bytes))
+    options = server_options(settings.max_message_bytes, reuse_port=settings.workers > 1)
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(service), server)
     return server
 
@@ -64,7 +66,10 @@ def build_server(settings: GatewaySettings, service: GatewayService) -> grpc.aio
 async def run(settings: GatewaySettings) -> None:
     service = build_service(settings)
     server = build_server(settings, service)
-    start_http_server(settings.metrics_port, addr=settings.host)
+    worker = worker_index()
+    if worker is None:
+        start_http_server(settings.metrics_port, addr=settings.host)
+    # else: the supervisor serves every worker's metrics (services/gateway/workers.py).
 
     tasks: list[asyncio.Task] = []
 
@@ -97,7 +102,8 @@ async def run(settings: GatewaySettings) -> None:
         server.add_secure_port(address, credentials)
         address = ""
     log.info(
-        "gateway: %d shards, triton %s, redis %s",
+        "gateway%s: %d shards, triton %s, redis %s",
+        "" if worker is None else f" worker {worker}",
         len(settings.shards),
         settings.triton_url,
         settings.redis_url,

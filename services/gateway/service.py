@@ -8,6 +8,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,6 +52,19 @@ class Timer:
         self._begin = now
 
 
+@dataclass(frozen=True)
+class QuerySource:
+    """A checked query input. `identity` names the query's vector (the cache key part): the vector
+    itself, the item id, or the model version with the digest of the words or image bytes."""
+
+    identity: bytes
+    version: str  # the embedding model's version; "" for vector and id queries
+    vector: np.ndarray | None = None
+    model: str = ""
+    text: str = ""
+    digest: str = ""
+
+
 class GatewayService(Writes, Collections):
     """Clients of Triton, Redis and the shards are injected (tests pass real ones on free ports)."""
 
@@ -88,34 +102,33 @@ class GatewayService(Writes, Collections):
     # --- search -------------------------------------------------------------------------------
 
     async def search(self, query: Query) -> SearchResult:
-        """embed -> cache -> fan-out -> merge -> cache."""
+        """cache -> embed -> fan-out -> merge -> cache. A cached result is found from what names the
+        query (its words, image bytes, vector or item id), before any embedding, in one Redis call."""
         config = await self.config(query.collection)
         self._check_search(query, config)
         deadline = time.monotonic() + query.timeout_s
         timer = Timer()
         begin = time.perf_counter()
-        vector, version = await self._query_vector(query, config, timer)
-        epoch = None if query.no_cache else await self.cache.epoch(query.collection)
-        shards = len(self.shards)
-        if epoch is not None:
-            generations = self.generations[query.collection]
-            cached = await self.cache.get_result(
-                self.cache.result_key(query, vector, epoch, generations, shards)
-            )
+        source = await self._source(query, config)
+        epoch, shards = None, len(self.shards)
+        if not query.no_cache:
+            key = self.cache.result_key(query, source.identity, self.generations[query.collection], shards)
+            epoch, cached = await self.cache.get_result(query.collection, key)
             timer.lap("result_cache")
             if cached is not None:
-                cached.timings, cached.model_version = timer.stages, version
+                cached.timings, cached.model_version = timer.stages, source.version
                 metrics.SEARCH_SECONDS.labels(query.kind).observe(time.perf_counter() - begin)
                 return cached
+        vector = await self._query_vector(query, config, source, timer)
         gathered = await self._fan_out(query, vector, deadline)
         timer.lap("fanout")
         result = self._merge(query, gathered)
         timer.lap("merge")
-        result.timings, result.model_version = timer.stages, version
+        result.timings, result.model_version = timer.stages, source.version
         if epoch is not None and result.shards_answered == shards:
-            # Keyed by the epoch read before the fan-out and the generations that answered.
-            key = self.cache.result_key(query, vector, epoch, result.generations, shards)
-            await self.cache.set_result(key, result)
+            # Stored with the epoch read before the fan-out, under the generations that answered.
+            key = self.cache.result_key(query, source.identity, result.generations, shards)
+            await self.cache.set_result(key, epoch, result)
         metrics.SEARCH_SECONDS.labels(query.kind).observe(time.perf_counter() - begin)
         return result
 
@@ -129,25 +142,16 @@ class GatewayService(Writes, Collections):
         self._check_kind(config, query.kind, query.kind)
         filters.check(filters.parse(query.filter), config.field_types, config.name)
 
-    async def _query_vector(
-        self, query: Query, config: CollectionConfig, timer: Timer
-    ) -> tuple[np.ndarray, str]:
-        """The query vector and the model version that produced it ("" for vector and id queries)."""
+    async def _source(self, query: Query, config: CollectionConfig) -> QuerySource:
+        """The checked query input and what names its vector without computing it."""
         if query.kind == "vector":
-            return check_vector(query.vector, config.dim, "vector"), ""
+            vector = check_vector(query.vector, config.dim, "vector")
+            return QuerySource(b"v:" + vector.tobytes(), "", vector=vector)
         if query.kind == "id":
-            vector = await self._vector_of_item(query.collection, query.item_id, query.timeout_s)
-            timer.lap("lookup")
-            return vector, ""
-        return await self._embed_query(query, config, timer)
-
-    async def _embed_query(
-        self, query: Query, config: CollectionConfig, timer: Timer
-    ) -> tuple[np.ndarray, str]:
-        """Image and text queries: the embedding cache first, then Triton (the served model that answers
-        this kind of query for the collection's model: text on an image collection goes through the
-        words-for-pictures bridge)."""
-        model, dim = models.QUERY_MODELS[config.model][query.kind], config.dim
+            if not query.item_id:
+                raise InvalidArgument("is empty", "id")
+            return QuerySource(b"d:" + query.item_id.encode("utf-8"), "")
+        model = models.QUERY_MODELS[config.model][query.kind]
         try:
             version = await self.embedder.model_version(model)
         except EmbedderUnavailable as exc:
@@ -158,17 +162,34 @@ class GatewayService(Writes, Collections):
             except InputError as exc:
                 raise InvalidArgument(str(exc), "text") from exc
             digest = content_hash(b"t:" + text.encode("utf-8"))
-        else:
-            if not query.image:
-                raise InvalidArgument("image is empty", "image")
-            digest = content_hash(b"i:" + query.image)
-        cached = await self.cache.get_embedding(version, digest, dim)
+            return QuerySource(f"{version}:{digest}".encode(), version, model=model, text=text, digest=digest)
+        if not query.image:
+            raise InvalidArgument("image is empty", "image")
+        digest = content_hash(b"i:" + query.image)
+        return QuerySource(f"{version}:{digest}".encode(), version, model=model, digest=digest)
+
+    async def _query_vector(
+        self, query: Query, config: CollectionConfig, source: QuerySource, timer: Timer
+    ) -> np.ndarray:
+        if source.vector is not None:
+            return source.vector
+        if query.kind == "id":
+            vector = await self._vector_of_item(query.collection, query.item_id, query.timeout_s)
+            timer.lap("lookup")
+            return vector
+        return await self._embed_query(query, config.dim, source, timer)
+
+    async def _embed_query(self, query: Query, dim: int, source: QuerySource, timer: Timer) -> np.ndarray:
+        """Image and text queries: the embedding cache first, then Triton (the served model that answers
+        this kind of query for the collection's model: text on an image collection goes through the
+        words-for-pictures bridge)."""
+        cached = await self.cache.get_embedding(source.version, source.digest, dim)
         timer.lap("embedding_cache")
         if cached is not None:
-            return cached, version
+            return cached
         try:
             if query.kind == "text":
-                result = await self.embedder.embed_texts([text], model=model)
+                result = await self.embedder.embed_texts([source.text], model=source.model)
             else:
                 result = await self.embedder.embed_images([query.image])
         except EmbedderUnavailable as exc:
@@ -177,12 +198,10 @@ class GatewayService(Writes, Collections):
             raise InvalidArgument(result.errors[0], query.kind)
         timer.lap("embed")
         vector = result.vectors[0]
-        await self.cache.set_embedding(version, digest, vector)
-        return vector, version
+        await self.cache.set_embedding(source.version, source.digest, vector)
+        return vector
 
     async def _vector_of_item(self, collection: str, item_id: str, timeout: float) -> np.ndarray:
-        if not item_id:
-            raise InvalidArgument("is empty", "id")
         shard = self.shards[shard_for(item_id, len(self.shards))]
         items, missing = await shard.get(collection, [item_id], True, timeout)
         if missing or not items:

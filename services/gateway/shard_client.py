@@ -107,13 +107,34 @@ class ShardClient:
             include_payloads=options.include_payloads,
             filter=options.where,
             exact=options.exact,
+            packed=True,
         )
         begin = time.perf_counter()
         response = await self._rpc(self.stub.Search(request, timeout=max(timeout, 0.001)))
-        hits = [[Hit(h.id, h.score, dict(h.metadata), h.payload) for h in r.hits] for r in response.results]
+        hits = self._unpack(response, len(queries))
         info = ShardInfo(self.shard, response.plan, response.depth, response.matched, response.batch_size,
                          time.perf_counter() - begin)  # fmt: skip
         return ShardHits(hits, response.generation, info)
+
+    def _unpack(self, response: indexer_pb2.ShardSearchResponse, queries: int) -> list[list[Hit]]:
+        """Each query's hits from the packed fields of a search response."""
+        counts, ids, metadata = response.hit_counts, response.hit_ids, response.hit_metadata
+        scores = np.frombuffer(response.hit_scores, dtype="<f4").tolist()
+        payloads = response.hit_payloads or [b""] * len(ids)
+        total = len(ids)
+        if (
+            len(counts) != queries
+            or sum(counts) != total
+            or not len(scores) == len(metadata) == len(payloads) == total
+        ):
+            log.error("%s answered a malformed packed search response", self.name)
+            raise ShardMismatch(f"{self.name} answered a malformed search response")
+        hits = [Hit(i, s, json.loads(m), p) for i, s, m, p in zip(ids, scores, metadata, payloads)]
+        out, start = [], 0
+        for count in counts:
+            out.append(hits[start : start + count])
+            start += count
+        return out
 
     async def upsert(
         self,

@@ -79,7 +79,11 @@ class PayloadStore:
 
     def metadata(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """Metadata of the stored ids among `ids` (missing ids are absent)."""
-        out: dict[str, dict[str, str]] = {}
+        return {item_id: json.loads(meta) for item_id, meta in self.metadata_json(ids).items()}
+
+    def metadata_json(self, ids: Sequence[str]) -> dict[str, str]:
+        """Metadata of the stored ids among `ids` as stored: JSON objects (missing ids are absent)."""
+        out: dict[str, str] = {}
         connection = self._reader()
         for start in range(0, len(ids), 500):
             chunk = list(ids[start : start + 500])
@@ -87,7 +91,7 @@ class PayloadStore:
             for item_id, meta in connection.execute(
                 f"SELECT id, metadata FROM items WHERE id IN ({marks})", chunk
             ):
-                out[item_id] = json.loads(meta) if meta else {}
+                out[item_id] = meta or "{}"
         return out
 
     def payloads(self, ids: Sequence[str]) -> dict[str, bytes]:

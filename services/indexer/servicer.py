@@ -275,8 +275,18 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
                     hits.append((item_id, score))
             rows.append(hits)
         ids = list({item_id for hits in rows for item_id, _ in hits})
-        metadata = collection.payloads.metadata(ids)
         blobs = collection.payloads.payloads(ids) if request.include_payloads else {}
+        if request.packed:
+            metadata_json = collection.payloads.metadata_json(ids)
+            flat = [hit for hits in rows for hit in hits]
+            response.hit_counts.extend(len(hits) for hits in rows)
+            response.hit_ids.extend(item_id for item_id, _ in flat)
+            response.hit_scores = np.asarray([score for _, score in flat], dtype="<f4").tobytes()
+            response.hit_metadata.extend(metadata_json.get(item_id, "{}") for item_id, _ in flat)
+            if request.include_payloads:
+                response.hit_payloads.extend(blobs.get(item_id, b"") for item_id, _ in flat)
+            return response
+        metadata = collection.payloads.metadata(ids)
         for hits in rows:
             results = response.results.add().hits
             for item_id, score in hits:

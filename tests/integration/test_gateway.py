@@ -73,7 +73,7 @@ def test_every_query_kind(client):
     assert by_image.shards_answered == by_image.shards_queried == 2
     assert by_image.model_version.startswith("efficientnet_lite0@")
     stages = [t.stage for t in by_image.timings]
-    assert stages == ["embedding_cache", "embed", "result_cache", "fanout", "merge"], stages
+    assert stages == ["result_cache", "embedding_cache", "embed", "fanout", "merge"], stages
 
     by_id = client.search("images", id="img3", k=5)
     assert "img3" not in [h.id for h in by_id.hits] and len(by_id.hits) == 5

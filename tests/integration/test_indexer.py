@@ -3,6 +3,7 @@ under load, deletes, and every kind of bad input."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from functools import partial
@@ -288,6 +289,25 @@ def test_deletes_and_upserts_visible_at_once_and_after_restart(shards):
     assert ids_of(search(stub, replacement, k=1))[0] == ["v20"]
     assert stub.Get(indexer_pb2.ShardGetRequest(collection="docs", ids=["v10"])).missing == ["v10"]
     assert stub.Stats(indexer_pb2.StatsRequest()).collections[0].count == 2_999
+
+
+def test_packed_hits_are_the_same_hits_as_hit_messages(shards):
+    base = dataset(500, seed=3)
+    shard = shards.start()
+    _, stub = stub_for(shard)
+    upsert(stub, base)
+    q = base[:4]
+    # The last case asks for more hits than the slice holds: every row is short.
+    for kwargs in ({"k": 7}, {"k": 7, "exclude_ids": ["v1"], "include_payloads": True}, {"k": 600}):
+        plain = search(stub, q, **kwargs)
+        packed = search(stub, q, packed=True, **kwargs)
+        assert not packed.results and list(packed.hit_counts) == [len(r.hits) for r in plain.results]
+        hits = [h for r in plain.results for h in r.hits]
+        assert list(packed.hit_ids) == [h.id for h in hits]
+        assert np.frombuffer(packed.hit_scores, "<f4").tolist() == [h.score for h in hits]
+        assert [json.loads(m) for m in packed.hit_metadata] == [dict(h.metadata) for h in hits]
+        assert len(packed.hit_payloads) == (len(hits) if kwargs.get("include_payloads") else 0)
+    assert list(packed.hit_counts) == [500] * 4
 
 
 def test_bad_inputs_get_clear_statuses_and_shard_keeps_serving(shards):

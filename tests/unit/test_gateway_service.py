@@ -13,8 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from semsearch.core.collections import CollectionConfig, image_collection, text_collection
-from semsearch.core.errors import InvalidArgument, Unavailable
+from semsearch.core.errors import InvalidArgument, NotFound, Unavailable
 from services.gateway.cache import Cache
+from services.gateway.catalog import CatalogCache
 from services.gateway.config import GatewaySettings
 from services.gateway.domain import Hit, Query, ShardHits, UpsertInput
 from services.gateway.embedder_client import Embeddings
@@ -23,20 +24,27 @@ from services.gateway.shard_client import Catalog
 
 
 class FakeRedis:
-    """Enough of redis.asyncio.Redis: get, set, incr; `fail` makes the next calls raise."""
+    """Enough of redis.asyncio.Redis: get, mget, set, incr; `fail` makes the next calls raise; `calls`
+    counts round trips."""
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
         self.fail: list[BaseException] = []
         self.incrs = 0
+        self.calls = 0
 
     def _maybe_fail(self) -> None:
+        self.calls += 1
         if self.fail:
             raise self.fail.pop(0)
 
     async def get(self, key):
         self._maybe_fail()
         return self.data.get(key)
+
+    async def mget(self, *keys):
+        self._maybe_fail()
+        return [self.data.get(k) for k in keys]
 
     async def set(self, key, value, ex=None):
         self._maybe_fail()
@@ -186,6 +194,19 @@ def test_more_like_this_excludes_the_item_at_the_shards_and_keeps_k():
     assert {(s["k"], tuple(s["exclude"])) for shard in shards for s in shard.searches} == {(1000, ("v0",))}
 
 
+def test_a_cached_result_costs_one_redis_round_trip_and_no_embedding():
+    service, _, redis = make_service()
+    run(service.upsert("texts", [UpsertInput(f"v{i}", vector=unit(i)) for i in range(10)], 5))
+    query = Query("texts", "text", text="the meaning of life", k=3)
+    first = run(service.search(query))
+    embedded, calls = len(service.embedder.texts), redis.calls
+    again = run(service.search(query))
+    assert not first.cached and again.cached and [h.id for h in again.hits] == [h.id for h in first.hits]
+    assert redis.calls - calls == 1 and len(service.embedder.texts) == embedded
+    # The same words spelt with other spacing are the same query.
+    assert run(service.search(Query("texts", "text", text="  the meaning  of life ", k=3))).cached
+
+
 def cached_then_written(service: GatewayService, write) -> tuple[list[str], list[str]]:
     """Cache a search, run `write`, search again: (hits before, hits after)."""
     query = Query("texts", "vector", vector=unit(99), k=3)
@@ -275,3 +296,43 @@ def test_redis_that_does_not_confirm_makes_the_write_fail_retryably():
     errors = run(write())
     assert "did not confirm" in errors[0] and "retrying the write is safe" in errors[0]
     assert service.cache.pending == {"texts"}
+
+
+class CatalogShard:
+    """A shard whose catalog copy grows when `created` is set; counts catalog reads."""
+
+    def __init__(self) -> None:
+        self.created = False
+        self.reads = 0
+
+    async def catalog(self, timeout):
+        self.reads += 1
+        configs = [CollectionConfig(name="new", dim=3)] if self.created else []
+        return Catalog(2 if self.created else 1, {c.name: c for c in configs})
+
+
+def test_a_collection_created_through_another_gateway_is_found_at_once():
+    shard = CatalogShard()
+    cache = CatalogCache([shard])
+
+    async def scenario():
+        await cache.refresh()  # this gateway's periodic refresh, just before the creation elsewhere
+        shard.created = True
+        return await cache.get("new")
+
+    assert run(scenario()).name == "new"
+
+
+def test_requests_naming_unknown_collections_share_catalog_reads():
+    shard = CatalogShard()
+    cache = CatalogCache([shard])
+
+    async def flood():
+        async def miss():
+            with pytest.raises(NotFound):
+                await cache.get("ghost")
+
+        await asyncio.gather(*(miss() for _ in range(200)))
+
+    run(flood())
+    assert shard.reads <= 3
