@@ -61,6 +61,17 @@ else
   step "Python packages up to date"
 fi
 
+# The peer `semsearch bench peers` compares against (Chroma), in its own environment.
+peers_stamp="$(sha256sum < scripts/peers-requirements.txt | cut -c1-16)"
+if [[ "$(cat .venv-peers/.semsearch-installed 2>/dev/null)" != "$peers_stamp" ]]; then
+  step "installing the benchmark peer (Chroma) into .venv-peers"
+  [[ -x .venv-peers/bin/python ]] || run "$PYTHON" -m venv .venv-peers
+  run .venv-peers/bin/python -m pip install -q --disable-pip-version-check -r scripts/peers-requirements.txt
+  echo "$peers_stamp" > .venv-peers/.semsearch-installed
+else
+  step "benchmark peer (Chroma) up to date"
+fi
+
 if ! .venv/bin/semsearch --log-level WARNING embedder export --if-missing >>"$LOG" 2>&1; then
   echo "setup: FAILED: model export" >&2
   tail -n 40 "$LOG" >&2

@@ -37,7 +37,9 @@ FIXED_NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 BATCH = 1_000
 
 
-def _topk(base: np.ndarray, allowed: np.ndarray | None, queries: np.ndarray, k: int = K) -> list[set[int]]:
+def exact_topk(
+    base: np.ndarray, allowed: np.ndarray | None, queries: np.ndarray, k: int = K
+) -> list[set[int]]:
     """Exact top-k rows of base by inner product (allowed rows only)."""
     out = []
     for start in range(0, len(queries), 64):
@@ -81,11 +83,12 @@ def _ingest(client: SemsearchClient, vectors: np.ndarray, first: int, u: np.ndar
             raise RuntimeError(f"ingest failed: {failed}")
 
 
-def _wait_indexed(client: SemsearchClient, timeout_s: float = 3600) -> None:
+def wait_indexed(client: SemsearchClient, collection: str = COLLECTION, timeout_s: float = 3600) -> None:
+    """Until shard 0 trained the collection's index and every shard built it."""
     deadline = time.monotonic() + timeout_s
     log.info("waiting for shard 0 to train the index and every shard to build it")
     while True:
-        info = client.describe_collection(COLLECTION)
+        info = client.describe_collection(collection)
         if info.state == "indexed" and not any(s.rebuilding for s in info.shards):
             return
         if time.monotonic() > deadline:
@@ -140,12 +143,12 @@ def evaluate_search(
             client.create_collection(COLLECTION, dim=dim, metric="inner_product", fields={"u": "number"},
                                      exact_until=min(50_000, max(1_000, n // 2)))  # fmt: skip
             _ingest(client, base, 0, u_base, "first kind")
-            _wait_indexed(client)
+            wait_indexed(client)
             info = client.describe_collection(COLLECTION)
             summary["index"] = info.index
 
             # Unfiltered, in distribution, the default target.
-            truth_in = _topk(base, None, held)
+            truth_in = exact_topk(base, None, held)
             plain = _run(client, held, truth_in)
             rows.append(("unfiltered, first kind", f"{plain['recall']:.4f}", f"{plain['p50_ms']:.2f}",
                          f"{plain['p99_ms']:.2f}", f"{plain['lists']:.1f}", plain["plans"]))  # fmt: skip
@@ -154,7 +157,7 @@ def evaluate_search(
             by_selectivity, p50_by_selectivity = {}, {}
             for s in SELECTIVITIES:
                 allowed = u_base < s
-                result = _run(client, held, _topk(base, allowed, held), filter=f"u < {s}")
+                result = _run(client, held, exact_topk(base, allowed, held), filter=f"u < {s}")
                 by_selectivity[str(s)] = round(result["recall"], 4)
                 p50_by_selectivity[str(s)] = round(result["p50_ms"], 2)
                 rows.append((f"filter u < {s} ({allowed.sum():,} items)", f"{result['recall']:.4f}",
@@ -182,8 +185,8 @@ def evaluate_search(
             # A new kind of data, added to the trained collection, then queried.
             _ingest(client, other, n, u_other, "another kind")
             everything = np.concatenate([base, other])
-            truth_new = _topk(everything, None, other_held)
-            truth_in_after = _topk(everything, None, held)
+            truth_new = exact_topk(everything, None, other_held)
+            truth_in_after = exact_topk(everything, None, held)
             new_first = _run(client, other_held, truth_new)
             new_again = _run(client, other_held, truth_new)  # after the monitor saw the first pass
             new_fixed = _run(client, other_held, truth_new, nprobe=fixed)

@@ -30,6 +30,10 @@ MAX_CALLS = 20_000
 SEARCH_METHOD = "/semsearch.v1.Search/Search"
 SHARD_METHOD = "/semsearch.v1.Indexer/Search"
 BATCH_METHOD = "/semsearch.v1.Search/SearchBatch"
+# Client connections of the concurrent loads (callers spread over them).
+CONNECTIONS = 8
+# The gateway's worker processes in the scaling measurement.
+WORKERS = 2
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -59,12 +63,16 @@ async def _concurrent(
     seconds: float,
     meter: CpuMeter | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """Requests/s of `clients` concurrent callers on one channel, pre-serialised requests, and the CPU
-    ms per request of each process `meter` watches."""
-    channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
-    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    """Requests/s of `clients` concurrent callers, pre-serialised requests, and the CPU ms per request
+    of each process `meter` watches. Callers share CONNECTIONS connections (as clients in several
+    processes would), so that the gateway's workers all get some."""
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(min(clients, CONNECTIONS))]
+    calls = [ch.unary_unary(method, request_serializer=None, response_deserializer=None) for ch in channels]
     try:
-        await asyncio.gather(*(call(requests[c % len(requests)], timeout=30) for c in range(clients)))
+        await asyncio.gather(
+            *(calls[c % len(calls)](requests[c % len(requests)], timeout=30) for c in range(clients))
+        )
         done = 0
         if meter is not None:
             meter.start()
@@ -73,6 +81,7 @@ async def _concurrent(
 
         async def loop(c: int) -> None:
             nonlocal done
+            call = calls[c % len(calls)]
             for j in range(MAX_CALLS // clients):
                 if time.perf_counter() >= deadline:
                     return
@@ -83,7 +92,16 @@ async def _concurrent(
         rate = done / (time.perf_counter() - begin)
         return rate, (meter.stop(done) if meter is not None else {})
     finally:
-        await channel.close()
+        for channel in channels:
+            await channel.close()
+
+
+def _stack_meter(stack: Stack) -> CpuMeter:
+    """CPU of every stack process (with its children: the gateway's workers, Triton's stubs)."""
+    return CpuMeter({
+        "gateway": [stack.gateway.pid], "shards": [s.process.pid for s in stack.shards],
+        "triton": [stack.triton.pid], "redis": [stack.redis.pid], "client": [os.getpid()],
+    })  # fmt: skip
 
 
 def _triton_rate(url: str, kind: str, items: list, seconds: float) -> float:
@@ -178,8 +196,11 @@ def bench(
         r = redis.Redis.from_url(stack.redis_url)
         r.set("bench:payload", response_bytes)
         shard_stub = indexer_pb2_grpc.IndexerStub(grpc.insecure_channel(stack.shards[0].address))
+        # What the gateway sends: a float32 matrix in, packed hits out.
         shard_requests = [
-            indexer_pb2.ShardSearchRequest(collection="images", queries=[common_pb2.Vector(values=v)], k=10)
+            indexer_pb2.ShardSearchRequest(
+                collection="images", query_matrix=np.asarray([v], dtype="<f4").tobytes(), k=10, packed=True
+            )
             for v in vectors
         ]
 
@@ -195,10 +216,7 @@ def bench(
         )
 
         # CPU per query of every process, from their own counters, while the concurrent load runs.
-        meter = CpuMeter({
-            "gateway": [stack.gateway.pid], "shards": [s.process.pid for s in stack.shards],
-            "triton": [stack.triton.pid], "redis": [stack.redis.pid], "client": [os.getpid()],
-        })  # fmt: skip
+        meter = _stack_meter(stack)
         qps, cpu = {}, {}
         for kind, pool in pools.items():
             serialized = [p.SerializeToString() for p in pool]
@@ -234,6 +252,16 @@ def bench(
         qps["shard_direct"], cpu["shard_direct"] = asyncio.run(
             _concurrent(stack.shards[0].address, SHARD_METHOD, shard_bytes, clients, seconds, meter)
         )
+        # The same vector load on WORKERS gateway processes sharing the port.
+        vector_bytes = [p.SerializeToString() for p in pools["vector"]]
+        stack.env["SEMSEARCH_GATEWAY_WORKERS"] = str(WORKERS)
+        stack.gateway.stop()
+        stack.start_gateway()
+        meter = _stack_meter(stack)  # the gateway's process is new
+        workers_key = f"vector_{WORKERS}_workers"
+        qps[workers_key], cpu[workers_key] = asyncio.run(
+            _concurrent(stack.gateway_address, SEARCH_METHOD, vector_bytes, clients, seconds, meter)
+        )
         # Triton by itself on the same texts and images: what the text and image queries can reach.
         triton_rate = {
             "text": _triton_rate(stack.triton.grpc_url, "text", unique_texts, seconds),
@@ -264,6 +292,8 @@ def bench(
         "text_qps_ratio_to_triton": round(qps["text"] / triton_rate["text"], 3),
         "image_qps_ratio_to_triton": round(qps["image"] / triton_rate["image"], 3),
         "batch_qps_per_query": round(qps["batch_of_32"], 1),
+        "gateway_workers_scaled": WORKERS,
+        "vector_qps_workers_ratio": round(qps[f"vector_{WORKERS}_workers"] / qps["vector"], 3),
         "cpu_ms_per_vector_query": round(cpu["vector"]["stack"], 3),
         **{
             f"cpu_ms_per_query_{kind}_{name}": round(ms, 3)
@@ -286,6 +316,7 @@ def bench(
         )
         for kind in (
             "vector",
+            f"vector_{WORKERS}_workers",
             "id",
             "text",
             "image",

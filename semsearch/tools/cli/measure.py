@@ -130,8 +130,25 @@ def cmd_bench_gateway(args: argparse.Namespace) -> int:
         ("text QPS / Triton's own texts/s", summary["text_qps_ratio_to_triton"], ">= 0.8"),
         ("image QPS / Triton's own images/s", summary["image_qps_ratio_to_triton"], ">= 0.8"),
         ("cache hit p50 / (echo p50 + Redis GET p50)", summary["cache_hit_p50_ratio"], "<= 1.3"),
+        (
+            f"vector QPS, {summary['gateway_workers_scaled']} gateway workers / 1",
+            summary["vector_qps_workers_ratio"],
+            "report (scaling)",
+        ),
     ]
     print(table(["ratio", "value", "goal"], goals))
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_bench_peers(args: argparse.Namespace) -> int:
+    from semsearch.tools.bench.peers import bench
+
+    rows, summary = bench(
+        repository_of(args), n=args.n, queries=args.queries, recall_target=args.recall_target,
+        rounds=args.rounds, seconds=args.seconds, clients=args.clients, shards=args.shards,
+    )  # fmt: skip
+    print(table(["measurement", "semsearch", "chroma", "ratio"], rows))
     print(json.dumps(summary))
     return 0
 
@@ -322,6 +339,25 @@ def register(sub) -> None:
     p.add_argument("--shards", type=int, default=2)
     repository_arg(p)
     p.set_defaults(func=cmd_bench_gateway)
+
+    p = bsub.add_parser(
+        "peers",
+        help="the served stack against a Chroma server on the same vectors, side by side",
+        description="Load the same clustered 384-d vectors into a private stack (through the "
+        "gateway) and a Chroma server (`chroma run`, HNSW, HTTP client, from .venv-peers made by "
+        "scripts/setup.sh); set each to its first search depth whose recall@10 reaches the target; "
+        "then alternate rounds of 1-client latency and --clients-client throughput. Prints a table "
+        "and, last, one JSON object with p50_ratio_to_chroma and qps8_ratio_to_chroma.",
+    )
+    p.add_argument("--n", type=int, default=200_000, help="vectors (default 200,000)")
+    p.add_argument("--queries", type=int, default=1000, help="held-out queries (default 1,000)")
+    p.add_argument("--recall-target", type=float, default=0.95, help="recall@10 both must reach")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (default 3)")
+    p.add_argument("--seconds", type=float, default=5.0, help="time per measurement (default 5)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients for QPS (default 8)")
+    p.add_argument("--shards", type=int, default=2)
+    repository_arg(p)
+    p.set_defaults(func=cmd_bench_peers)
 
     p = bsub.add_parser(
         "payloads",
