@@ -80,7 +80,7 @@ class Item:
         elif self.text is not None:
             item.text = self.text
         elif self.vector is not None:
-            item.vector.values.extend(np.asarray(self.vector, dtype=np.float32).tolist())
+            item.vector.data = np.ascontiguousarray(self.vector, dtype="<f4").tobytes()
         return item
 
 
@@ -198,7 +198,7 @@ class SemsearchClient:
         elif text is not None:
             request.text = text
         elif vector is not None:
-            request.vector.values.extend(np.asarray(vector, dtype=np.float32).tolist())
+            request.vector.data = np.ascontiguousarray(vector, dtype="<f4").tobytes()
         elif id is not None:
             request.id = id
         return request

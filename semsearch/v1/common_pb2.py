@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19semsearch/v1/common.proto\x12\x0csemsearch.v1\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xae\x01\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x06vector\x18\x02 \x01(\x0b\x32\x14.semsearch.v1.Vector\x12\x32\n\x08metadata\x18\x03 \x03(\x0b\x32 .semsearch.v1.Item.MetadataEntry\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x31\n\x08metadata\x18\x03 \x03(\x0b\x32\x1f.semsearch.v1.Hit.MetadataEntry\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\tIndexSpec\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.semsearch.v1.IndexKind\x12\x13\n\x0b\x65xact_until\x18\x02 \x01(\x04\x12\x0f\n\x07\x66\x61\x63tory\x18\x03 \x01(\t\x12\x14\n\x0ctrain_sample\x18\x04 \x01(\x04\x12\x12\n\nrerank_min\x18\x05 \x01(\r\"@\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.semsearch.v1.FieldType\"\x83\x02\n\x0e\x43ollectionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12$\n\x06metric\x18\x03 \x01(\x0e\x32\x14.semsearch.v1.Metric\x12\r\n\x05model\x18\x04 \x01(\t\x12&\n\x05index\x18\x05 \x01(\x0b\x32\x17.semsearch.v1.IndexSpec\x12\x11\n\traw_dtype\x18\x06 \x01(\t\x12\x15\n\rrecall_target\x18\x07 \x01(\x02\x12\'\n\x06\x66ields\x18\x08 \x03(\x0b\x32\x17.semsearch.v1.FieldSpec\x12\x17\n\nthumbnails\x18\t \x01(\x08H\x00\x88\x01\x01\x42\r\n\x0b_thumbnails\"-\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01*G\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\n\n\x06\x43OSINE\x10\x01\x12\x11\n\rINNER_PRODUCT\x10\x02\x12\x06\n\x02L2\x10\x03*H\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\n\n\x06IVF_PQ\x10\x01\x12\x08\n\x04HNSW\x10\x02\x12\t\n\x05\x45XACT\x10\x03*?\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06STRING\x10\x01\x12\n\n\x06NUMBER\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19semsearch/v1/common.proto\x12\x0csemsearch.v1\"&\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xae\x01\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x06vector\x18\x02 \x01(\x0b\x32\x14.semsearch.v1.Vector\x12\x32\n\x08metadata\x18\x03 \x03(\x0b\x32 .semsearch.v1.Item.MetadataEntry\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x31\n\x08metadata\x18\x03 \x03(\x0b\x32\x1f.semsearch.v1.Hit.MetadataEntry\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\tIndexSpec\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.semsearch.v1.IndexKind\x12\x13\n\x0b\x65xact_until\x18\x02 \x01(\x04\x12\x0f\n\x07\x66\x61\x63tory\x18\x03 \x01(\t\x12\x14\n\x0ctrain_sample\x18\x04 \x01(\x04\x12\x12\n\nrerank_min\x18\x05 \x01(\r\"@\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.semsearch.v1.FieldType\"\x83\x02\n\x0e\x43ollectionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12$\n\x06metric\x18\x03 \x01(\x0e\x32\x14.semsearch.v1.Metric\x12\r\n\x05model\x18\x04 \x01(\t\x12&\n\x05index\x18\x05 \x01(\x0b\x32\x17.semsearch.v1.IndexSpec\x12\x11\n\traw_dtype\x18\x06 \x01(\t\x12\x15\n\rrecall_target\x18\x07 \x01(\x02\x12\'\n\x06\x66ields\x18\x08 \x03(\x0b\x32\x17.semsearch.v1.FieldSpec\x12\x17\n\nthumbnails\x18\t \x01(\x08H\x00\x88\x01\x01\x42\r\n\x0b_thumbnails\"-\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01*G\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\n\n\x06\x43OSINE\x10\x01\x12\x11\n\rINNER_PRODUCT\x10\x02\x12\x06\n\x02L2\x10\x03*H\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\n\n\x06IVF_PQ\x10\x01\x12\x08\n\x04HNSW\x10\x02\x12\t\n\x05\x45XACT\x10\x03*?\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06STRING\x10\x01\x12\n\n\x06NUMBER\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +35,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEM_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_HIT_METADATAENTRY']._loaded_options = None
   _globals['_HIT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_METRIC']._serialized_start=906
-  _globals['_METRIC']._serialized_end=977
-  _globals['_INDEXKIND']._serialized_start=979
-  _globals['_INDEXKIND']._serialized_end=1051
-  _globals['_FIELDTYPE']._serialized_start=1053
-  _globals['_FIELDTYPE']._serialized_end=1116
+  _globals['_METRIC']._serialized_start=920
+  _globals['_METRIC']._serialized_end=991
+  _globals['_INDEXKIND']._serialized_start=993
+  _globals['_INDEXKIND']._serialized_end=1065
+  _globals['_FIELDTYPE']._serialized_start=1067
+  _globals['_FIELDTYPE']._serialized_end=1130
   _globals['_VECTOR']._serialized_start=43
-  _globals['_VECTOR']._serialized_end=67
-  _globals['_ITEM']._serialized_start=70
-  _globals['_ITEM']._serialized_end=244
-  _globals['_ITEM_METADATAENTRY']._serialized_start=197
-  _globals['_ITEM_METADATAENTRY']._serialized_end=244
-  _globals['_HIT']._serialized_start=247
-  _globals['_HIT']._serialized_end=396
-  _globals['_HIT_METADATAENTRY']._serialized_start=197
-  _globals['_HIT_METADATAENTRY']._serialized_end=244
-  _globals['_INDEXSPEC']._serialized_start=399
-  _globals['_INDEXSPEC']._serialized_end=529
-  _globals['_FIELDSPEC']._serialized_start=531
-  _globals['_FIELDSPEC']._serialized_end=595
-  _globals['_COLLECTIONSPEC']._serialized_start=598
-  _globals['_COLLECTIONSPEC']._serialized_end=857
-  _globals['_STAGETIMING']._serialized_start=859
-  _globals['_STAGETIMING']._serialized_end=904
+  _globals['_VECTOR']._serialized_end=81
+  _globals['_ITEM']._serialized_start=84
+  _globals['_ITEM']._serialized_end=258
+  _globals['_ITEM_METADATAENTRY']._serialized_start=211
+  _globals['_ITEM_METADATAENTRY']._serialized_end=258
+  _globals['_HIT']._serialized_start=261
+  _globals['_HIT']._serialized_end=410
+  _globals['_HIT_METADATAENTRY']._serialized_start=211
+  _globals['_HIT_METADATAENTRY']._serialized_end=258
+  _globals['_INDEXSPEC']._serialized_start=413
+  _globals['_INDEXSPEC']._serialized_end=543
+  _globals['_FIELDSPEC']._serialized_start=545
+  _globals['_FIELDSPEC']._serialized_end=609
+  _globals['_COLLECTIONSPEC']._serialized_start=612
+  _globals['_COLLECTIONSPEC']._serialized_end=871
+  _globals['_STAGETIMING']._serialized_start=873
+  _globals['_STAGETIMING']._serialized_end=918
 # @@protoc_insertion_point(module_scope)

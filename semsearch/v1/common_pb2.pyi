@@ -39,10 +39,12 @@ STRING: FieldType
 NUMBER: FieldType
 
 class Vector(_message.Message):
-    __slots__ = ("values",)
+    __slots__ = ("values", "data")
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+    data: bytes
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Item(_message.Message):
     __slots__ = ("id", "vector", "metadata", "payload")

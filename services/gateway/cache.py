@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 
@@ -28,6 +29,16 @@ log = logging.getLogger(__name__)
 # request. Invalidations are never skipped.
 BACKOFF_S = 1.0
 INVALIDATE_ATTEMPTS = 3
+
+
+async def within(coro, timeout_s: float):
+    """`await coro` under a timeout (asyncio.TimeoutError). asyncio.timeout where there is one (3.11+):
+    asyncio.wait_for wraps the call in a task of its own before 3.12, a measurable cost on the
+    cache-hit path."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout_s):
+            return await coro
+    return await asyncio.wait_for(coro, timeout_s)
 
 
 def content_hash(data: bytes) -> str:
@@ -74,7 +85,7 @@ class Cache:
             metrics.CACHE_ERRORS.labels(op).inc()
             return None
         try:
-            return await asyncio.wait_for(coro, self.timeout_s)
+            return await within(coro, self.timeout_s)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failed(op, exc)
             return None

@@ -75,6 +75,8 @@ class UpsertInput:
     vector: np.ndarray | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     payload: bytes = b""
+    # Why the item's vector could not be decoded (a malformed `data`); the item fails alone.
+    vector_error: str = ""
 
     @property
     def kind(self) -> str | None:

@@ -16,9 +16,17 @@ from semsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 from services.gateway.collections import CollectionView
 from services.gateway.domain import Query, UpsertInput
 from services.gateway.service import GatewayService
+from services.gateway.validation import decode_vector
 
 STREAM_WINDOW = 4
 log = logging.getLogger(__name__)
+
+
+def _vector(message: common_pb2.Vector, field_name: str) -> np.ndarray:
+    try:
+        return decode_vector(message.values, message.data)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc), field_name) from exc
 
 
 def _timeout(context: grpc.aio.ServicerContext, default_s: float) -> float:
@@ -75,7 +83,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             kind=kind,
             image=request.image,
             text=request.text,
-            vector=np.array(request.vector.values, dtype=np.float32) if kind == "vector" else None,
+            vector=_vector(request.vector, "vector") if kind == "vector" else None,
             item_id=request.id,
             k=request.k or 10,
             recall_target=request.recall_target,
@@ -116,14 +124,21 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         items = []
         for item in request.items:
             content = item.WhichOneof("content")
+            vector, vector_error = None, ""
+            if content == "vector":
+                try:
+                    vector = decode_vector(item.vector.values, item.vector.data)
+                except ValueError as exc:
+                    vector, vector_error = np.zeros(0, dtype=np.float32), str(exc)
             items.append(
                 UpsertInput(
                     id=item.id,
                     image=item.image if content == "image" else None,
                     text=item.text if content == "text" else None,
-                    vector=np.array(item.vector.values, dtype=np.float32) if content == "vector" else None,
+                    vector=vector,
                     metadata=dict(item.metadata),
                     payload=item.payload,
+                    vector_error=vector_error,
                 )
             )
         errors = await self.service.upsert(request.collection, items, timeout_s)

@@ -129,7 +129,10 @@ class ShardClient:
         ):
             log.error("%s answered a malformed packed search response", self.name)
             raise ShardMismatch(f"{self.name} answered a malformed search response")
-        hits = [Hit(i, s, json.loads(m), p) for i, s, m, p in zip(ids, scores, metadata, payloads)]
+        hits = [
+            Hit(i, s, json.loads(m) if m != "{}" else {}, p)
+            for i, s, m, p in zip(ids, scores, metadata, payloads)
+        ]
         out, start = [], 0
         for count in counts:
             out.append(hits[start : start + count])

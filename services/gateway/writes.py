@@ -92,6 +92,8 @@ class Writes:
                 f"items[{i}].{kind}: collection {collection!r} takes {' or '.join(kinds)} items, not {kind}s"
             )
         if kind == "vector":
+            if item.vector_error:
+                return f"items[{i}].vector: {item.vector_error}"
             try:
                 check_vector(item.vector, config.dim, f"items[{i}].vector")
             except InvalidArgument as exc:

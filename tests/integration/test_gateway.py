@@ -14,6 +14,7 @@ from semsearch.client import Item, SemsearchClient
 from semsearch.datasets import fashion_mnist, fortunes
 from semsearch.rpc import health_serving
 from semsearch.tools.stack import GATEWAY_SERVICE, Stack
+from semsearch.v1 import search_pb2
 from tests.conftest import create_demo_collections
 
 pytestmark = pytest.mark.integration
@@ -158,6 +159,42 @@ def test_get_delete_and_list(client):
     infos = {c.name: c for c in client.collections()}
     assert infos["images"].count == N_IMAGES and infos["images"].dim == 1280
     assert infos["texts"].model == "minilm_l6" and infos["texts"].shards_total == 2
+
+
+def test_vectors_as_bytes_equal_vectors_as_values(client):
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(3, 384)).astype("<f4")
+    as_values = search_pb2.SearchRequest(collection="texts", k=5, no_cache=True)
+    as_values.vector.values.extend(vectors[0].tolist())
+    as_bytes = search_pb2.SearchRequest(collection="texts", k=5, no_cache=True)
+    as_bytes.vector.data = vectors[0].tobytes()
+    by_values, by_bytes = client.stub.Search(as_values), client.stub.Search(as_bytes)
+    assert [(h.id, h.score) for h in by_bytes.hits] == [(h.id, h.score) for h in by_values.hits]
+
+    upsert = search_pb2.UpsertRequest(collection="texts")
+    upsert.items.add(id="bytes-ok").vector.data = vectors[1].tobytes()
+    upsert.items.add(id="bytes-short").vector.data = vectors[2].tobytes()[:-2]
+    both = upsert.items.add(id="bytes-both").vector
+    both.values.extend([1.0] * 384)
+    both.data = vectors[2].tobytes()
+    response = client.stub.Upsert(upsert)
+    assert [r.ok for r in response.results] == [True, False, False]
+    assert response.results[1].error == (
+        "items[1].vector: data is 1534 bytes, not whole little-endian float32 values (4 bytes each)"
+    )
+    assert response.results[2].error == "items[2].vector: set values or data, not both"
+    stored = client.get("texts", ["bytes-ok"], include_vectors=True).items[0]
+    np.testing.assert_allclose(stored.vector.values, vectors[1] / np.linalg.norm(vectors[1]), atol=1e-6)
+    client.delete("texts", ["bytes-ok"])
+
+    bad = search_pb2.SearchRequest(collection="texts")
+    bad.vector.data = b"\0" * 10
+    with pytest.raises(grpc.RpcError) as info:
+        client.stub.Search(bad)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        "vector: data is 10 bytes, not whole little-endian float32 values (4 bytes each)"
+    )
 
 
 def test_bad_inputs_name_the_field(client):

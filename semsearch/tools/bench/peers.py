@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import statistics
 import subprocess
@@ -43,7 +44,10 @@ EF_SEARCHES = (10, 20, 40, 80, 160, 320, 640)
 MAX_CALLS = 100_000
 GOAL_P50_RATIO = 0.5
 GOAL_QPS8_RATIO = 2.0
-PEERS_PYTHON = Path(".venv-peers/bin/python")
+# The peers' environment at the repository root (SEMSEARCH_PEERS_PYTHON overrides).
+PEERS_PYTHON = Path(
+    os.environ.get("SEMSEARCH_PEERS_PYTHON", Path(__file__).resolve().parents[3] / ".venv-peers/bin/python")
+)
 PEER_SCRIPT = Path(__file__).with_name("chroma_peer.py")
 
 
@@ -179,7 +183,8 @@ def bench(
         )
         stack.start()
         client = SemsearchClient(stack.gateway_address, timeout_s=120)
-        client.create_collection(COLLECTION, dim=dim)
+        # Trained at the default size (50,000 items), or at half the data for a smaller run.
+        client.create_collection(COLLECTION, dim=dim, exact_until=min(50_000, max(1_000, n // 2)))
         begin = time.perf_counter()
         for start in tqdm(range(0, n, BATCH), desc="stack: ingest", unit="batch"):
             chunk = range(start, min(start + BATCH, n))
