@@ -5,7 +5,6 @@ reflection and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import signal
@@ -106,6 +105,52 @@ def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: s
     return grpc.stream_stream_rpc_method_handler(streaming, **serializer)
 
 
+class _Wrapped:
+    """The wrapped handler of each method, built on its first call and reused while the inner handler
+    stays the same object (interceptors run on every call; building handlers and guards is not free)."""
+
+    def __init__(self) -> None:
+        self._by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler | None]] = {}
+
+    def get(self, method: str, handler: grpc.RpcMethodHandler | None, build) -> grpc.RpcMethodHandler | None:
+        if handler is None:
+            return None
+        cached = self._by_method.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, build(handler))
+            self._by_method[method] = cached
+        return cached[1]
+
+
+class _ErrorGuard:
+    """One call under ErrorMappingInterceptor: timed; a domain error becomes its status."""
+
+    __slots__ = ("_begin", "_context", "_method", "_rejected", "_seconds")
+
+    def __init__(self, method: str, seconds, rejected: Counter, context: grpc.aio.ServicerContext) -> None:
+        self._method, self._seconds, self._rejected, self._context = method, seconds, rejected, context
+        self._begin = 0.0
+
+    async def __aenter__(self) -> None:
+        self._begin = time.perf_counter()
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        try:
+            # AbortError: already a status; CancelledError and other BaseExceptions pass through.
+            if exc is None or not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
+                return False
+            if isinstance(exc, ServiceError) and exc.code != "INTERNAL":
+                code, message = grpc.StatusCode[exc.code], str(exc)
+            else:
+                log.error("%s failed", self._method, exc_info=(exc_type, exc, tb))
+                code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+            self._rejected.labels(self._method, code.name).inc()
+            await self._context.abort(code, message)
+            return False
+        finally:
+            self._seconds.observe(time.perf_counter() - self._begin)
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns domain errors (semsearch.core.errors, each naming its status code) into gRPC statuses with
     their message, and records per-method latency and rejections, so servicer bodies contain neither.
@@ -115,29 +160,17 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         self.request_seconds = request_seconds
         self.rejected = rejected
         self.methods = methods
+        self._wrapped = _Wrapped()
 
     async def intercept_service(self, continuation, handler_call_details):
         method = _short(handler_call_details.method, self.methods)
 
-        @contextlib.asynccontextmanager
-        async def guard(context: grpc.aio.ServicerContext):
-            begin = time.perf_counter()
-            try:
-                yield
-            except (grpc.aio.AbortError, asyncio.CancelledError):
-                raise
-            except Exception as exc:
-                if isinstance(exc, ServiceError) and exc.code != "INTERNAL":
-                    code, message = grpc.StatusCode[exc.code], str(exc)
-                else:
-                    log.exception("%s failed", method)
-                    code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
-                self.rejected.labels(method, code.name).inc()
-                await context.abort(code, message)
-            finally:
-                self.request_seconds.labels(method).observe(time.perf_counter() - begin)
+        def build(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+            seconds = self.request_seconds.labels(method)
+            return _wrap(handler, lambda context: _ErrorGuard(method, seconds, self.rejected, context))
 
-        return _wrap(await continuation(handler_call_details), guard)
+        handler = await continuation(handler_call_details)
+        return self._wrapped.get(handler_call_details.method, handler, build)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
@@ -164,6 +197,30 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-api-key metadata")
 
 
+class _Slot:
+    """One call under InFlightLimiter: takes a slot or aborts with RESOURCE_EXHAUSTED."""
+
+    __slots__ = ("_context", "_method", "_owner")
+
+    def __init__(self, owner: InFlightLimiter, method: str, context: grpc.aio.ServicerContext) -> None:
+        self._owner, self._method, self._context = owner, method, context
+
+    async def __aenter__(self) -> None:
+        owner = self._owner
+        if owner.in_flight >= owner.limit:
+            owner.rejected.labels(_short(self._method, owner.methods), "RESOURCE_EXHAUSTED").inc()
+            await self._context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {owner.limit} requests in flight"
+            )
+        owner.in_flight += 1
+        owner.gauge.set(owner.in_flight)
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        self._owner.in_flight -= 1
+        self._owner.gauge.set(self._owner.in_flight)
+        return False
+
+
 class InFlightLimiter(grpc.aio.ServerInterceptor):
     """At most `limit` requests in flight (RESOURCE_EXHAUSTED beyond), tracked in `gauge`."""
 
@@ -173,29 +230,16 @@ class InFlightLimiter(grpc.aio.ServerInterceptor):
         self.rejected = rejected
         self.methods = methods
         self.in_flight = 0
+        self._wrapped = _Wrapped()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if method.startswith(OPEN_PREFIXES):
             return handler
-
-        @contextlib.asynccontextmanager
-        async def limit(context: grpc.aio.ServicerContext):
-            if self.in_flight >= self.limit:
-                self.rejected.labels(_short(method, self.methods), "RESOURCE_EXHAUSTED").inc()
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {self.limit} requests in flight"
-                )
-            self.in_flight += 1
-            self.gauge.set(self.in_flight)
-            try:
-                yield
-            finally:
-                self.in_flight -= 1
-                self.gauge.set(self.in_flight)
-
-        return _wrap(handler, limit)
+        return self._wrapped.get(
+            method, handler, lambda inner: _wrap(inner, lambda context: _Slot(self, method, context))
+        )
 
 
 def server_options(max_message_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
