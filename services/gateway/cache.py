@@ -131,6 +131,7 @@ class Cache:
             return None, None
         values = await self._call("get", self.client.mget(f"epoch:{collection}", key))
         if values is None:
+            metrics.CACHE_REQUESTS.labels("result", "miss").inc()  # as the embedding cache counts
             return None, None
         epoch, data = int(values[0] or 0), values[1]
         decoded = json.loads(data) if data is not None else None
@@ -165,20 +166,23 @@ class Cache:
 
     async def invalidate(self, collections: Sequence[str]) -> None:
         """Make every cached result of `collections` unreachable (bump their epochs), before a write is
-        acknowledged. Never skipped by the read back-off. Redis down (connection refused or reset): no
-        one can read a cached result, and a restarted Redis is empty, so the write may be acknowledged;
-        the bump is remembered and done before this gateway reads the cache again. Redis up but not
-        confirming in time: CacheNotInvalidated, and the caller must not acknowledge the write."""
+        acknowledged. Never skipped by the read back-off. Redis down (connection refused or reset twice
+        in a row, a fresh connection included): no one can read a cached result, and a restarted Redis
+        is empty, so the write may be acknowledged; the bump is remembered and done before this
+        gateway reads the cache again. Redis up but not confirming in time: CacheNotInvalidated, and
+        the caller must not acknowledge the write."""
         for collection in collections:
             last: BaseException | None = None
             for attempt in range(INVALIDATE_ATTEMPTS):
                 try:
-                    await asyncio.wait_for(self.client.incr(f"epoch:{collection}"), 4 * self.timeout_s)
+                    await within(self.client.incr(f"epoch:{collection}"), 4 * self.timeout_s)
                     self.pending.discard(collection)
                     last = None
                     break
                 except RedisConnectionError as exc:
                     self._failed("incr", exc)
+                    if attempt == 0:
+                        continue  # one reset connection (a stale pooled one) is not Redis down: retry
                     self.pending.add(collection)
                     last = None
                     break
@@ -195,7 +199,7 @@ class Cache:
 
     async def _flush(self, collection: str) -> bool:
         try:
-            await asyncio.wait_for(self.client.incr(f"epoch:{collection}"), self.timeout_s)
+            await within(self.client.incr(f"epoch:{collection}"), self.timeout_s)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failed("incr", exc)
             return False

@@ -27,7 +27,7 @@ from services.gateway.embedder_client import EmbedderClient
 from services.gateway.service import GatewayService
 from services.gateway.servicer import SearchServicer
 from services.gateway.shard_client import ShardClient, ShardMisconfigured
-from services.gateway.workers import worker_index
+from services.gateway.workers import stop_when_orphaned, worker_index
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ async def run(settings: GatewaySettings) -> None:
                 log.warning("%s does not answer yet (%s)", shard.name, stats)
         await service.catalog.refresh()
         tasks.append(asyncio.create_task(service.catalog.run()))
+        if worker is not None:
+            tasks.append(asyncio.create_task(stop_when_orphaned()))
 
     async def close() -> None:
         for task in tasks:

@@ -1,4 +1,4 @@
-"""What the gateway does, free of gRPC: a search is embed -> cache -> fan-out -> merge -> cache (here);
+"""What the gateway does, free of gRPC: a search is result cache -> embed -> fan-out -> merge -> cache (here);
 a write is validate -> embed -> route -> write -> invalidate (writes.py)."""
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             if content == "vector":
                 try:
                     vector = decode_vector(item.vector.values, item.vector.data)
-                except ValueError as exc:
+                except ValueError as exc:  # this item fails alone (writes.py names its field)
                     vector, vector_error = np.zeros(0, dtype=np.float32), str(exc)
             items.append(
                 UpsertInput(

@@ -54,6 +54,35 @@ def _catalog(message: indexer_pb2.CatalogMessage) -> Catalog:
     return Catalog(message.version, {c.name: c for c in configs})
 
 
+def hits_of(response: indexer_pb2.ShardSearchResponse, queries: int) -> list[list[Hit]]:
+    """Each query's hits from the packed fields of a search response, or from its Hit messages (a
+    shard from before packed answers ignores `packed`: a rolling upgrade meets one). ValueError when
+    the fields disagree."""
+    if not response.hit_counts and len(response.results) == queries:
+        return [[Hit(h.id, h.score, dict(h.metadata), h.payload) for h in r.hits] for r in response.results]
+    counts, ids, metadata = response.hit_counts, response.hit_ids, response.hit_metadata
+    scores = np.frombuffer(response.hit_scores, dtype="<f4").tolist()
+    payloads = response.hit_payloads or [b""] * len(ids)
+    total = len(ids)
+    if len(counts) != queries or sum(counts) != total:
+        raise ValueError(
+            f"{len(counts)} hit counts summing to {sum(counts)} for {queries} queries, {total} ids"
+        )
+    if not len(scores) == len(metadata) == len(payloads) == total:
+        raise ValueError(
+            f"{total} ids, {len(scores)} scores, {len(metadata)} metadata, {len(payloads)} payloads"
+        )
+    hits = [
+        Hit(i, s, json.loads(m) if m != "{}" else {}, p)
+        for i, s, m, p in zip(ids, scores, metadata, payloads)
+    ]
+    out, start = [], 0
+    for count in counts:
+        out.append(hits[start : start + count])
+        start += count
+    return out
+
+
 class ShardClient:
     """Calls shard `shard` of `num_shards`; every request carries that route, so a shard listed in the
     wrong place refuses it instead of storing items where no one will look for them."""
@@ -111,33 +140,14 @@ class ShardClient:
         )
         begin = time.perf_counter()
         response = await self._rpc(self.stub.Search(request, timeout=max(timeout, 0.001)))
-        hits = self._unpack(response, len(queries))
+        try:
+            hits = hits_of(response, len(queries))
+        except ValueError as exc:
+            log.error("%s answered a malformed search response: %s", self.name, exc)
+            raise ShardMismatch(f"{self.name} answered a malformed search response") from exc
         info = ShardInfo(self.shard, response.plan, response.depth, response.matched, response.batch_size,
                          time.perf_counter() - begin)  # fmt: skip
         return ShardHits(hits, response.generation, info)
-
-    def _unpack(self, response: indexer_pb2.ShardSearchResponse, queries: int) -> list[list[Hit]]:
-        """Each query's hits from the packed fields of a search response."""
-        counts, ids, metadata = response.hit_counts, response.hit_ids, response.hit_metadata
-        scores = np.frombuffer(response.hit_scores, dtype="<f4").tolist()
-        payloads = response.hit_payloads or [b""] * len(ids)
-        total = len(ids)
-        if (
-            len(counts) != queries
-            or sum(counts) != total
-            or not len(scores) == len(metadata) == len(payloads) == total
-        ):
-            log.error("%s answered a malformed packed search response", self.name)
-            raise ShardMismatch(f"{self.name} answered a malformed search response")
-        hits = [
-            Hit(i, s, json.loads(m) if m != "{}" else {}, p)
-            for i, s, m, p in zip(ids, scores, metadata, payloads)
-        ]
-        out, start = [], 0
-        for count in counts:
-            out.append(hits[start : start + count])
-            start += count
-        return out
 
     async def upsert(
         self,

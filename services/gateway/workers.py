@@ -10,6 +10,7 @@ and its invalidation are shared through Redis, so every worker sees every other 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 # The environment variable that makes `python -m services.gateway` a worker (its number).
 WORKER_ENV = "SEMSEARCH_GATEWAY_WORKER"
-# A worker that exits within this many seconds of its start failed to start (a configuration error
-# every worker would hit): the supervisor stops instead of restarting it in a loop.
+# A worker that exits with status 1 before it has run this many seconds, on its first start, failed to
+# start (a configuration error every worker would hit): the supervisor stops instead of restarting it
+# in a loop. Later exits are restarted with back-off.
 STARTUP_S = 10.0
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 POLL_S = 0.2
@@ -43,6 +45,18 @@ def worker_index() -> int | None:
     return int(value) if value else None
 
 
+async def stop_when_orphaned(interval_s: float = 1.0) -> None:
+    """In a worker: SIGTERM itself (a graceful stop) when its supervisor is gone, so that a killed
+    supervisor does not leave workers serving the port with nobody watching them."""
+    parent = os.getppid()
+    while True:
+        await asyncio.sleep(interval_s)
+        if os.getppid() != parent:
+            log.error("the gateway's supervisor (pid %d) is gone; stopping this worker", parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
 class Worker:
     def __init__(self, index: int, env: dict[str, str]) -> None:
         self.index = index
@@ -51,6 +65,7 @@ class Worker:
         self.started_at = 0.0
         self.failures = 0
         self.restart_at: float | None = None
+        self.ever_ran = False  # ran STARTUP_S once
 
     def start(self) -> None:
         # Workers inherit stdout/stderr (one log) and stay in the supervisor's process group.
@@ -103,9 +118,10 @@ def _tend(workers: list[Worker], metrics_dir: str) -> int:
             continue
         code = worker.process.poll() if worker.process is not None else None
         if code is None:
+            worker.ever_ran = worker.ever_ran or now - worker.started_at >= STARTUP_S
             continue
         multiprocess.mark_process_dead(worker.process.pid, metrics_dir)
-        if now - worker.started_at < STARTUP_S and code == 1:
+        if not worker.ever_ran and now - worker.started_at < STARTUP_S and code == 1:
             log.error("gateway worker %d could not start (exit status 1); stopping", worker.index)
             return 1
         worker.failures = worker.failures + 1 if now - worker.started_at < 60 else 1

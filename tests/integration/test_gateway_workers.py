@@ -44,6 +44,14 @@ def established_ports(pid: int, port: int) -> int:
     return count
 
 
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def metric(body: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body, re.MULTILINE))
 
@@ -117,5 +125,15 @@ def test_a_dead_worker_is_restarted_and_stopping_the_gateway_stops_every_worker(
 
     stack.gateway.stop()
     assert not any(Path(f"/proc/{pid}").exists() for pid in now)
+    stack.start_gateway()
+    workers = children(stack.gateway.pid)
+    assert len(workers) == 2
+
+    # A supervisor killed outright leaves no worker serving the port.
+    os.kill(stack.gateway.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers)
+    stack.gateway.stop()
     stack.start_gateway()  # the module's stack stays whole for the fixture's teardown
-    assert len(children(stack.gateway.pid)) == 2

@@ -14,13 +14,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from semsearch.core.collections import CollectionConfig, image_collection, text_collection
 from semsearch.core.errors import InvalidArgument, NotFound, Unavailable
+from semsearch.v1 import common_pb2, indexer_pb2
 from services.gateway.cache import Cache
 from services.gateway.catalog import CatalogCache
 from services.gateway.config import GatewaySettings
 from services.gateway.domain import Hit, Query, ShardHits, UpsertInput
 from services.gateway.embedder_client import Embeddings
 from services.gateway.service import GatewayService
-from services.gateway.shard_client import Catalog
+from services.gateway.shard_client import Catalog, hits_of
 
 
 class FakeRedis:
@@ -277,13 +278,25 @@ def test_redis_down_acknowledges_and_reads_no_cached_result_until_invalidated():
     run(service.upsert("texts", [UpsertInput(f"v{i}", vector=unit(i)) for i in range(10)], 5))
 
     async def write_while_redis_down():
-        redis.fail.append(RedisConnectionError("Connection refused"))
+        redis.fail.extend([RedisConnectionError("Connection refused")] * 2)
         assert await service.upsert("texts", [UpsertInput("best", vector=unit(99))], 5) == [None]
         assert service.cache.pending == {"texts"}
         service.cache._down_until = 0.0
 
     _before, after = cached_then_written(service, write_while_redis_down)
     assert after[0] == "best" and not service.cache.pending
+
+
+def test_one_reset_connection_is_not_redis_down_the_epoch_is_still_bumped():
+    service, _, redis = make_service()
+
+    async def write():
+        redis.fail.append(RedisConnectionError("Connection reset by peer"))  # a stale pooled connection
+        return await service.upsert("texts", [UpsertInput("x", vector=unit(1))], 5)
+
+    incrs = redis.incrs
+    assert run(write()) == [None]
+    assert redis.incrs == incrs + 1 and not service.cache.pending
 
 
 def test_redis_that_does_not_confirm_makes_the_write_fail_retryably():
@@ -336,3 +349,23 @@ def test_requests_naming_unknown_collections_share_catalog_reads():
 
     run(flood())
     assert shard.reads <= 3
+
+
+def test_shard_answers_are_read_packed_or_as_hit_messages():
+    packed = indexer_pb2.ShardSearchResponse(
+        hit_counts=[2, 0, 1],
+        hit_ids=["a", "b", "c"],
+        hit_scores=np.asarray([0.9, 0.5, 0.7], dtype="<f4").tobytes(),
+        hit_metadata=['{"label": "x"}', "{}", "{}"],
+    )
+    rows = hits_of(packed, 3)
+    assert [[h.id for h in r] for r in rows] == [["a", "b"], [], ["c"]]
+    assert rows[0][0].metadata == {"label": "x"} and rows[0][1].score == pytest.approx(0.5)
+    # A shard from before packed answers (a rolling upgrade): the same hits from Hit messages.
+    old = indexer_pb2.ShardSearchResponse()
+    for ids in (["a", "b"], [], ["c"]):
+        old.results.add().hits.extend(common_pb2.Hit(id=i, score=0.5, metadata={"k": i}) for i in ids)
+    assert [[h.id for h in r] for r in hits_of(old, 3)] == [["a", "b"], [], ["c"]]
+    broken = indexer_pb2.ShardSearchResponse(hit_counts=[2], hit_ids=["a"], hit_metadata=["{}"])
+    with pytest.raises(ValueError, match="1 hit counts summing to 2 for 1 queries, 1 ids"):
+        hits_of(broken, 1)
