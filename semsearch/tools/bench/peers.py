@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,6 @@ class Chroma:
             raise
 
     def _heartbeat(self) -> bool:
-        import urllib.request
-
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/heartbeat", timeout=1):
                 return True
