@@ -72,6 +72,8 @@ async def run(settings: GatewaySettings) -> None:
     # else: the supervisor serves every worker's metrics (services/gateway/workers.py).
 
     tasks: list[asyncio.Task] = []
+    if worker is not None:  # watched from the start: a worker may still be loading when its supervisor dies
+        tasks.append(asyncio.create_task(stop_when_orphaned()))
 
     async def load() -> None:
         # Nothing to wait for: the process works at once (liveness); readiness follows the shards.
@@ -85,8 +87,6 @@ async def run(settings: GatewaySettings) -> None:
                 log.warning("%s does not answer yet (%s)", shard.name, stats)
         await service.catalog.refresh()
         tasks.append(asyncio.create_task(service.catalog.run()))
-        if worker is not None:
-            tasks.append(asyncio.create_task(stop_when_orphaned()))
 
     async def close() -> None:
         for task in tasks:

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # The environment variable that makes `python -m services.gateway` a worker (its number).
 WORKER_ENV = "SEMSEARCH_GATEWAY_WORKER"
+# The supervisor's pid, given to each worker: a worker compares its parent with it, so it notices a
+# supervisor that died before the worker started watching (its parent is then already someone else).
+SUPERVISOR_ENV = "SEMSEARCH_GATEWAY_SUPERVISOR_PID"
 # A worker that exits with status 1 before it has run this many seconds, on its first start, failed to
 # start (a configuration error every worker would hit): the supervisor stops instead of restarting it
 # in a loop. Later exits are restarted with back-off.
@@ -37,6 +40,11 @@ RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 POLL_S = 0.2
 # Each worker drains its in-flight calls for up to 10 s on SIGTERM (semsearch.rpc.serve); then killed.
 STOP_GRACE_S = 15.0
+
+
+def worker_env(index: int, metrics_dir: str) -> dict[str, str]:
+    """The environment variables a supervisor gives worker `index`."""
+    return {WORKER_ENV: str(index), SUPERVISOR_ENV: str(os.getpid()), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
 
 
 def worker_index() -> int | None:
@@ -48,13 +56,13 @@ def worker_index() -> int | None:
 async def stop_when_orphaned(interval_s: float = 1.0) -> None:
     """In a worker: SIGTERM itself (a graceful stop) when its supervisor is gone, so that a killed
     supervisor does not leave workers serving the port with nobody watching them."""
-    parent = os.getppid()
+    parent = int(os.environ.get(SUPERVISOR_ENV) or os.getppid())
     while True:
-        await asyncio.sleep(interval_s)
         if os.getppid() != parent:
             log.error("the gateway's supervisor (pid %d) is gone; stopping this worker", parent)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        await asyncio.sleep(interval_s)
 
 
 class Worker:
@@ -84,7 +92,7 @@ def supervise(settings: GatewaySettings) -> int:
         signal.signal(sig, lambda *_: stopping.set())
     workers = []
     for index in range(settings.workers):
-        env = dict(os.environ, **{WORKER_ENV: str(index), "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
+        env = dict(os.environ, **worker_env(index, metrics_dir))
         workers.append(Worker(index, env))
     status = 0
     try:
