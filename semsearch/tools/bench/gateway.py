@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -271,6 +272,7 @@ def bench(
         if echo is not None:
             echo.stop()
         stack.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the stack's data and logs (tens of MB a run)
 
     p50 = {k: _pct(v, 50) for k, v in single.items()}
     p99 = {k: _pct(v, 99) for k, v in single.items()}
