@@ -142,7 +142,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectionStats(_message.Message):
-    __slots__ = ("name", "dim", "count", "generation", "index", "factory", "data_version", "lsn", "rebuild_progress", "rebuilding", "log_bytes", "index_bytes", "rows", "disk_bytes", "broken", "rebuild_failures", "template_id", "memory_bytes", "metric", "drift", "estimated_recall", "recall_samples")
+    __slots__ = ("name", "dim", "count", "generation", "index", "factory", "data_version", "lsn", "rebuild_progress", "rebuilding", "log_bytes", "index_bytes", "rows", "disk_bytes", "broken", "rebuild_failures", "template_id", "memory_bytes", "metric", "drift", "estimated_recall", "recall_samples", "serving_template_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class CollectionStats(_message.Message):
     DRIFT_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_RECALL_FIELD_NUMBER: _ClassVar[int]
     RECALL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SERVING_TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     count: int
@@ -187,7 +188,8 @@ class CollectionStats(_message.Message):
     drift: float
     estimated_recall: float
     recall_samples: int
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ..., index: _Optional[str] = ..., factory: _Optional[str] = ..., data_version: _Optional[int] = ..., lsn: _Optional[int] = ..., rebuild_progress: _Optional[float] = ..., rebuilding: _Optional[bool] = ..., log_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., broken: _Optional[str] = ..., rebuild_failures: _Optional[int] = ..., template_id: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., metric: _Optional[str] = ..., drift: _Optional[float] = ..., estimated_recall: _Optional[float] = ..., recall_samples: _Optional[int] = ...) -> None: ...
+    serving_template_id: str
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., count: _Optional[int] = ..., generation: _Optional[int] = ..., index: _Optional[str] = ..., factory: _Optional[str] = ..., data_version: _Optional[int] = ..., lsn: _Optional[int] = ..., rebuild_progress: _Optional[float] = ..., rebuilding: _Optional[bool] = ..., log_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., rows: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., broken: _Optional[str] = ..., rebuild_failures: _Optional[int] = ..., template_id: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., metric: _Optional[str] = ..., drift: _Optional[float] = ..., estimated_recall: _Optional[float] = ..., recall_samples: _Optional[int] = ..., serving_template_id: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("shard", "num_shards", "collections", "disk_free_bytes", "catalog_version")
@@ -250,10 +252,12 @@ class NprobeRecall(_message.Message):
     def __init__(self, nprobe: _Optional[int] = ..., recall: _Optional[float] = ...) -> None: ...
 
 class InstallTemplateResponse(_message.Message):
-    __slots__ = ("next_generation",)
+    __slots__ = ("next_generation", "template_id")
     NEXT_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     next_generation: int
-    def __init__(self, next_generation: _Optional[int] = ...) -> None: ...
+    template_id: str
+    def __init__(self, next_generation: _Optional[int] = ..., template_id: _Optional[str] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()
@@ -274,20 +278,22 @@ class TrainRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., retrain: _Optional[bool] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
-    __slots__ = ("vectors", "train_vectors", "seconds", "default_nprobe", "next_generations", "nprobe_table")
+    __slots__ = ("vectors", "train_vectors", "seconds", "default_nprobe", "next_generations", "nprobe_table", "template_id")
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_VECTORS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_NPROBE_FIELD_NUMBER: _ClassVar[int]
     NEXT_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
     NPROBE_TABLE_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     vectors: int
     train_vectors: int
     seconds: float
     default_nprobe: int
     next_generations: _containers.RepeatedScalarFieldContainer[int]
     nprobe_table: _containers.RepeatedCompositeFieldContainer[NprobeRecall]
-    def __init__(self, vectors: _Optional[int] = ..., train_vectors: _Optional[int] = ..., seconds: _Optional[float] = ..., default_nprobe: _Optional[int] = ..., next_generations: _Optional[_Iterable[int]] = ..., nprobe_table: _Optional[_Iterable[_Union[NprobeRecall, _Mapping]]] = ...) -> None: ...
+    template_id: str
+    def __init__(self, vectors: _Optional[int] = ..., train_vectors: _Optional[int] = ..., seconds: _Optional[float] = ..., default_nprobe: _Optional[int] = ..., next_generations: _Optional[_Iterable[int]] = ..., nprobe_table: _Optional[_Iterable[_Union[NprobeRecall, _Mapping]]] = ..., template_id: _Optional[str] = ...) -> None: ...
 
 class ShardCreateCollectionRequest(_message.Message):
     __slots__ = ("spec",)

@@ -102,7 +102,7 @@ def train_collection(
         factory=factory,
         nprobe_table=[indexer_pb2.NprobeRecall(nprobe=n, recall=r) for n, r in table],
     )
-    generations = [stub.InstallTemplate(request, timeout=600).next_generation for stub in stubs]
+    installed = [stub.InstallTemplate(request, timeout=600) for stub in stubs]
     return {
         "collection": config.name,
         "factory": factory,
@@ -114,20 +114,28 @@ def train_collection(
         "seconds": measured - begin,
         "depth_table": table,
         "default_depth": index_ops.depth_for_recall(table, config.recall_target),
-        "next_generations": generations,
+        "next_generations": [r.next_generation for r in installed],
+        "template_id": installed[0].template_id,
     }
 
 
 def wait_for_rebuilds(
-    channels: Sequence[grpc.Channel], collection: str, generations: Sequence[int], timeout_s: float = 3600
+    channels: Sequence[grpc.Channel], collection: str, template_id: str, timeout_s: float = 3600
 ) -> None:
-    """Block until every shard serves at least the given generation of `collection`."""
+    """Block until every shard serves an index built from template `template_id` (train_collection's
+    report names it). Not by generation: a rebuild already running when the template arrived swaps in
+    a generation first, built from the older template or none."""
     stubs = [indexer_pb2_grpc.IndexerStub(ch) for ch in channels]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        current = [c.generation for c in collection_stats(stubs, collection)]
-        if all(c >= g for c, g in zip(current, generations)):
+        stats = collection_stats(stubs, collection)
+        if all(c.serving_template_id == template_id for c in stats):
             return
+        replaced = [c.template_id for c in stats if c.template_id not in ("", template_id)]  # "": loading
+        if replaced:
+            raise FailedPrecondition(
+                f"template {template_id} of {collection} was replaced by {replaced[0]} before it served"
+            )
         time.sleep(0.2)
     raise TimeoutError(f"rebuild of {collection} not finished after {timeout_s:.0f}s")
 

@@ -38,6 +38,11 @@ RECALIBRATE_SHARE = 0.05
 RECALIBRATE_MIN_INTERVAL_S = 60.0
 
 
+def template_id(data: bytes) -> str:
+    """The id of a serialized trained template: the same bytes have the same id on every shard."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 class Rebuilds:
     """The rebuild half of Collection (services/indexer/collection.py), which holds the state and the
     locks it uses; kept apart because it is a job of its own."""
@@ -71,7 +76,7 @@ class Rebuilds:
             raise InvalidArgument("empty", "depth_table")
         with self._apply:
             atomic_write(self._template_file, data)
-            meta = {"factory": factory, "table": table, "id": hashlib.sha256(data).hexdigest()[:16]}
+            meta = {"factory": factory, "table": table, "id": template_id(data)}
             atomic_write(self.directory / "template.json", json.dumps(meta).encode())
             self.rebuild_failures = 0
             self._next_rebuild_at = 0.0

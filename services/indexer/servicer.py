@@ -21,6 +21,7 @@ from services.indexer import metrics
 from services.indexer.catalog import Catalog, Entry
 from services.indexer.collection import MAX_K, Collection
 from services.indexer.config import ShardSettings
+from services.indexer.rebuild import template_id
 from services.indexer.shard import Shard
 
 log = logging.getLogger(__name__)
@@ -377,6 +378,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
                 broken=c.broken or "",
                 rebuild_failures=c.rebuild_failures,
                 template_id=c.installed_template_id if loaded else "",
+                serving_template_id=c.template_id,
                 memory_bytes=c.memory_bytes() if loaded else 0,
                 metric=c.config.metric,
                 drift=c.drift,
@@ -411,7 +413,9 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         collection = await self._collection(request.collection)
         table = [(e.nprobe, e.recall) for e in request.nprobe_table]
         generation = await self._blocking(collection.install_template, request.index, request.factory, table)
-        return indexer_pb2.InstallTemplateResponse(next_generation=generation)
+        return indexer_pb2.InstallTemplateResponse(
+            next_generation=generation, template_id=template_id(request.index)
+        )
 
     async def Snapshot(
         self, request: indexer_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
@@ -438,6 +442,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             seconds=report["seconds"],
             default_nprobe=report["default_depth"],
             next_generations=report["next_generations"],
+            template_id=report["template_id"],
             nprobe_table=[indexer_pb2.NprobeRecall(nprobe=n, recall=r) for n, r in report["depth_table"]],
         )
 

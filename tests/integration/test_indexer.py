@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from semsearch.core.collections import CollectionConfig
+from semsearch.core.errors import FailedPrecondition
 from semsearch.core.merge import merge_topk
 from semsearch.core.routing import shard_for
 from semsearch.rpc import health_serving
@@ -123,7 +124,7 @@ def test_recall_after_training_meets_floor(shards):
     assert search_ops.recall_at_k(np.array([[int(i[1:]) for i in r] for r in exact_before]), truth) == 1.0
 
     report = train_collection([channel], CONFIG)
-    wait_for_rebuilds([channel], "docs", report["next_generations"], timeout_s=120)
+    wait_for_rebuilds([channel], "docs", report["template_id"], timeout_s=120)
     response = search(stub, queries)
     assert response.generation == 1 and response.index == "IVF64,PQ16"
     found = np.array([[int(i[1:]) for i in r] for r in ids_of(response)])
@@ -247,7 +248,7 @@ def test_searches_never_fail_during_train_rebuild_and_swap(shards):
         t.start()
     try:
         report = train_collection([channel], CONFIG)
-        wait_for_rebuilds([channel], "docs", report["next_generations"], timeout_s=120)
+        wait_for_rebuilds([channel], "docs", report["template_id"], timeout_s=120)
         time.sleep(0.5)
     finally:
         stop.set()
@@ -453,3 +454,29 @@ def test_metrics_endpoint_exposes_shard_metrics(shards):
         'semsearch_indexer_rows{collection="docs"} 100.0',
     ):
         assert name in body, name
+
+
+def test_waiting_for_a_template_waits_for_that_template_not_a_rebuild_already_running(shards):
+    data = dataset(20_000)
+    shard = shards.start()
+    channel, stub = stub_for(shard)
+    upsert(stub, data)
+    templates = [index_ops.train_template(data[seed::2], "IVF64,PQ16", False) for seed in (0, 1)]
+    table = [indexer_pb2.NprobeRecall(nprobe=8, recall=0.95)]
+    requests = [
+        indexer_pb2.InstallTemplateRequest(
+            collection="docs", index=index_ops.serialize(t), factory="IVF64,PQ16", nprobe_table=table
+        )
+        for t in templates
+    ]
+    # The second template arrives while the first one's rebuild runs: it is built after that one.
+    first = stub.InstallTemplate(requests[0], timeout=60)
+    second = stub.InstallTemplate(requests[1], timeout=60)
+    wait_for_rebuilds([channel], "docs", second.template_id, timeout_s=120)
+    stats = next(c for c in stub.Stats(indexer_pb2.StatsRequest()).collections if c.name == "docs")
+    assert stats.serving_template_id == stats.template_id == second.template_id != ""
+    # A template replaced before it served is an error, not a wait until the timeout.
+    stub.InstallTemplate(requests[0], timeout=60)
+    stub.InstallTemplate(requests[1], timeout=60)
+    with pytest.raises(FailedPrecondition, match="replaced"):
+        wait_for_rebuilds([channel], "docs", first.template_id, timeout_s=120)

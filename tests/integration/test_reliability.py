@@ -92,7 +92,7 @@ def test_k_hits_come_back_whenever_the_collection_holds_k_items(stack, client):
         name="vecs", dim=VEC_DIM, factory="IVF32,PQ8", train_sample=4_000, rerank_min=40
     )
     report = train_collection(channels, config)
-    wait_for_rebuilds(channels, "vecs", report["next_generations"], timeout_s=300)
+    wait_for_rebuilds(channels, "vecs", report["template_id"], timeout_s=300)
     response = client.search("vecs", vector=x[1], k=1000, no_cache=True)
     assert set(response.generations.values()) == {1}
     assert len(response.hits) == 1000 and len({h.id for h in response.hits}) == 1000

@@ -297,6 +297,9 @@ def bench(
         train_sample=min(n, TRAIN_SAMPLE_MAX),
         raw_dtype=raw_dtype,
         recall_target=recall_target,
+        # The bench trains the collection itself and times it: the shard's own trainer (shard 0 trains a
+        # collection that reaches its threshold) must not train it too, on the same cores, meanwhile.
+        train_threshold=n + 1,
     )
     depth = rerank or config.rerank_depth(K)
     begin = time.perf_counter()
@@ -341,8 +344,9 @@ def bench(
         log.info("training %s on up to %d vectors", factory, config.train_sample)
         report = train_collection([channel], config, seed=seed)
         installed = time.perf_counter()
-        # Includes up to 0.2 s of wait_for_rebuilds' polling interval.
-        wait_for_rebuilds([channel], COLLECTION, report["next_generations"], timeout_s=4 * 3600)
+        # Includes up to 0.2 s of wait_for_rebuilds' polling interval; waits for the bench's template
+        # to serve (a shard that trained on its own or compacted meanwhile swaps in another first).
+        wait_for_rebuilds([channel], COLLECTION, report["template_id"], timeout_s=4 * 3600)
         rebuild_seconds = time.perf_counter() - installed
         stats = _collection_stats(stub)
         if stats.count != n or stats.index != factory:

@@ -51,7 +51,7 @@ def cmd_indexer_train(args: argparse.Namespace) -> int:
                 next(c for c in s.Stats(indexer_pb2.StatsRequest()).collections if c.name == args.collection)
                 for s in stubs
             ]
-            done = [c.generation >= g for c, g in zip(stats, report.next_generations)]
+            done = [c.serving_template_id == report.template_id for c in stats]
             progress = sum(1.0 if d else c.rebuild_progress for c, d in zip(stats, done)) / len(stats)
             bar.update(round(progress * 100) - bar.n)
             if all(done):
