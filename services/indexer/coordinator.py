@@ -119,6 +119,12 @@ def train_collection(
     }
 
 
+def replaced_by(stats: Sequence[indexer_pb2.CollectionStats], template_id: str) -> str:
+    """The template a shard installed over `template_id` ("" if none): then that one never serves."""
+    # An empty template_id is a shard still loading.
+    return next((c.template_id for c in stats if c.template_id not in ("", template_id)), "")
+
+
 def wait_for_rebuilds(
     channels: Sequence[grpc.Channel], collection: str, template_id: str, timeout_s: float = 3600
 ) -> None:
@@ -131,10 +137,10 @@ def wait_for_rebuilds(
         stats = collection_stats(stubs, collection)
         if all(c.serving_template_id == template_id for c in stats):
             return
-        replaced = [c.template_id for c in stats if c.template_id not in ("", template_id)]  # "": loading
+        replaced = replaced_by(stats, template_id)
         if replaced:
             raise FailedPrecondition(
-                f"template {template_id} of {collection} was replaced by {replaced[0]} before it served"
+                f"template {template_id} of {collection} was replaced by {replaced} before it served"
             )
         time.sleep(0.2)
     raise TimeoutError(f"rebuild of {collection} not finished after {timeout_s:.0f}s")

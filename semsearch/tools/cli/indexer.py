@@ -39,6 +39,7 @@ def cmd_indexer_train(args: argparse.Namespace) -> int:
 
     from semsearch.rpc import CHANNEL_OPTIONS
     from semsearch.v1 import indexer_pb2, indexer_pb2_grpc
+    from services.indexer.coordinator import replaced_by
 
     channels = [grpc.insecure_channel(a, options=CHANNEL_OPTIONS) for a in args.shard_address]
     stubs = [indexer_pb2_grpc.IndexerStub(ch) for ch in channels]
@@ -52,6 +53,12 @@ def cmd_indexer_train(args: argparse.Namespace) -> int:
                 for s in stubs
             ]
             done = [c.serving_template_id == report.template_id for c in stats]
+            replaced = replaced_by(stats, report.template_id)
+            if replaced:  # a newer training installed another template: this one will never serve
+                bar.close()
+                log.error("template %s of %s was replaced by %s before it served", report.template_id,
+                          args.collection, replaced)  # fmt: skip
+                return 1
             progress = sum(1.0 if d else c.rebuild_progress for c, d in zip(stats, done)) / len(stats)
             bar.update(round(progress * 100) - bar.n)
             if all(done):
