@@ -131,6 +131,8 @@ def wait_for_rebuilds(
     """Block until every shard serves an index built from template `template_id` (train_collection's
     report names it). Not by generation: a rebuild already running when the template arrived swaps in
     a generation first, built from the older template or none."""
+    if not template_id:  # shards from before template ids: every index would look like it
+        raise ValueError("no template id to wait for (are the shards older than this tool?)")
     stubs = [indexer_pb2_grpc.IndexerStub(ch) for ch in channels]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
