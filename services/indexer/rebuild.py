@@ -38,11 +38,6 @@ RECALIBRATE_SHARE = 0.05
 RECALIBRATE_MIN_INTERVAL_S = 60.0
 
 
-def template_id(data: bytes) -> str:
-    """The id of a serialized trained template: the same bytes have the same id on every shard."""
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
 class Rebuilds:
     """The rebuild half of Collection (services/indexer/collection.py), which holds the state and the
     locks it uses; kept apart because it is a job of its own."""
@@ -55,9 +50,10 @@ class Rebuilds:
     def _template_file(self) -> Path:
         return self.directory / "template.faiss"
 
-    def install_template(self, data: bytes, factory: str, table: list[tuple[int, float]]) -> int:
+    def install_template(self, data: bytes, factory: str, table: list[tuple[int, float]]) -> tuple[int, str]:
         """Keep a trained template (durably) and rebuild from it in the background; returns the next
-        generation. A rebuild that fails is retried by maintenance(), also after a restart."""
+        generation and the template's id. A rebuild that fails is retried by maintenance(), also after a
+        restart."""
         try:
             template = index_ops.deserialize(data)
         except Exception as exc:
@@ -76,13 +72,13 @@ class Rebuilds:
             raise InvalidArgument("empty", "depth_table")
         with self._apply:
             atomic_write(self._template_file, data)
-            meta = {"factory": factory, "table": table, "id": template_id(data)}
+            meta = {"factory": factory, "table": table, "id": hashlib.sha256(data).hexdigest()[:16]}
             atomic_write(self.directory / "template.json", json.dumps(meta).encode())
             self.rebuild_failures = 0
             self._next_rebuild_at = 0.0
             if not self.rebuilding:  # else maintenance() starts it when the running one ends
                 self._start_rebuild()
-            return self.generation + 1
+            return self.generation + 1, meta["id"]
 
     def _installed_template(self) -> dict | None:
         path = self.directory / "template.json"

@@ -21,7 +21,6 @@ from services.indexer import metrics
 from services.indexer.catalog import Catalog, Entry
 from services.indexer.collection import MAX_K, Collection
 from services.indexer.config import ShardSettings
-from services.indexer.rebuild import template_id
 from services.indexer.shard import Shard
 
 log = logging.getLogger(__name__)
@@ -412,10 +411,10 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     ) -> indexer_pb2.InstallTemplateResponse:
         collection = await self._collection(request.collection)
         table = [(e.nprobe, e.recall) for e in request.nprobe_table]
-        generation = await self._blocking(collection.install_template, request.index, request.factory, table)
-        return indexer_pb2.InstallTemplateResponse(
-            next_generation=generation, template_id=template_id(request.index)
+        generation, template_id = await self._blocking(
+            collection.install_template, request.index, request.factory, table
         )
+        return indexer_pb2.InstallTemplateResponse(next_generation=generation, template_id=template_id)
 
     async def Snapshot(
         self, request: indexer_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
