@@ -16,40 +16,12 @@ import pytest
 
 from semsearch.client import Item, SemsearchClient
 from semsearch.tools.stack import Stack
+from tests.procs import alive, children, established_ports
 
 pytestmark = pytest.mark.integration
 
 DIM = 16
 CHANNELS = 16
-
-
-def children(pid: int) -> list[int]:
-    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-
-
-def established_ports(pid: int, port: int) -> int:
-    """How many established TCP connections to local `port` process `pid` holds."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd) if fd.is_symlink() else ""
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
-                count += 1
-    return count
-
-
-def alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for its reaper)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def metric(body: str, name: str) -> float:

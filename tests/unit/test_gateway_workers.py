@@ -10,6 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from tests.procs import alive
+
 REPO = Path(__file__).resolve().parents[2]
 
 # The worker-like process: a slow start (the supervisor is gone before it looks), then the watch.
@@ -35,13 +37,6 @@ SUPERVISOR = textwrap.dedent(
     print(worker.pid, flush=True)
     """
 )
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_worker_whose_supervisor_died_before_it_started_watching_stops():
